@@ -1,0 +1,16 @@
+"""Errors raised by the trainer for user mistakes (bad config, bad data)."""
+from __future__ import annotations
+
+__all__ = ["TrainerError", "ConfigError", "DataError"]
+
+
+class TrainerError(Exception):
+    """Base of every error caused by user input; the CLI prints it as one line."""
+
+
+class ConfigError(TrainerError, ValueError):
+    """A configuration value is invalid (unknown name, wrong type, out of range)."""
+
+
+class DataError(TrainerError):
+    """The dataset on disk is unusable (bad layout, unreadable images, empty)."""

@@ -1,0 +1,124 @@
+"""Models: any timm backbone with an 18-way head or a mask/gender/age multi-task head."""
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from functools import cache
+from pathlib import Path
+
+import timm
+import torch
+from timm.models import is_model, split_model_name_tag
+from torch import nn
+
+from trainer.config import ModelConfig
+from trainer.errors import ConfigError
+from trainer.layout import NUM_CLASSES
+
+__all__ = ["MultiTaskHead", "check_model_name", "create_model", "find_weights", "normalization"]
+
+log = logging.getLogger("trainer")
+_WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
+
+@cache
+def _all_models() -> tuple[str, ...]:
+    return tuple(timm.list_models())
+
+
+def check_model_name(name: str) -> None:
+    """Raise :class:`ConfigError` unless ``name`` (optionally ``name.tag``) is a timm model."""
+    base, _ = split_model_name_tag(name)
+    if is_model(base):
+        return
+    close = difflib.get_close_matches(base, _all_models(), n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ConfigError(f"model.name is {name!r}, which is not a timm model{hint}; "
+                      "list valid names with timm.list_models('pattern*')")
+
+
+class MultiTaskHead(nn.Module):
+    """Wraps a backbone with 8 outputs (mask 3, gender 2, age 3) into 18 joint log-probs.
+
+    ``log p(mask, gender, age) = log p(mask) + log p(gender) + log p(age)``: the output is
+    normalised log-probabilities in the 18-class order (``mask * 6 + gender * 3 + age``), so
+    softmax, every loss and mixup treat it like any 18-way head, and cross entropy on it is the
+    sum of the three tasks' cross entropies.
+    """
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.backbone(x).float()
+        m = torch.log_softmax(z[:, 0:3], dim=1)
+        g = torch.log_softmax(z[:, 3:5], dim=1)
+        a = torch.log_softmax(z[:, 5:8], dim=1)
+        joint = m[:, :, None, None] + g[:, None, :, None] + a[:, None, None, :]
+        return joint.reshape(len(x), NUM_CLASSES)
+
+
+def find_weights(name: str, weights_dir: str | None) -> Path | None:
+    """Look for ``<model name>*`` weight files in ``weights_dir`` or ``$HPO_WEIGHTS_DIR``.
+
+    Returns the first match in name order, or None.
+    """
+    folder = weights_dir or os.environ.get("HPO_WEIGHTS_DIR")
+    if not folder:
+        return None
+    base, _ = split_model_name_tag(name)
+    folder_path = Path(folder).expanduser()
+    if not folder_path.is_dir():
+        raise ConfigError(f"weights folder {folder_path} does not exist; fix model.weights_dir "
+                          "or HPO_WEIGHTS_DIR")
+    for f in sorted(folder_path.iterdir()):
+        # "resnet34.a1_in1k.pth" matches resnet34 but "resnet34d.pth" does not.
+        if f.suffix in _WEIGHT_SUFFIXES and (f.stem == base or f.stem.startswith(base + ".")):
+            return f
+    return None
+
+
+def create_model(cfg: ModelConfig, *, num_classes: int = NUM_CLASSES) -> nn.Module:
+    """Build the model described by ``cfg`` (timm's ``create_model`` underneath).
+
+    Weights come, in order, from ``cfg.pretrained_file``, a match in the weights folder, or
+    timm's hub (only when ``cfg.pretrained`` and nothing local matched). The classifier head is
+    always new.
+
+    Raises:
+        ConfigError: unknown model name, missing weights file, or weights that do not fit.
+    """
+    check_model_name(cfg.name)
+    overlay = None
+    pretrained = cfg.pretrained
+    file = cfg.pretrained_file
+    if file is not None:
+        if not Path(file).expanduser().is_file():
+            raise ConfigError(f"model.pretrained_file {file} does not exist; fix the path")
+        pretrained = True
+    elif cfg.pretrained:
+        found = find_weights(cfg.name, cfg.weights_dir)
+        file = str(found) if found else None
+    if file is not None:
+        overlay = {"file": str(Path(file).expanduser())}
+        log.info("loading %s weights from %s", cfg.name, file)
+    outputs = 8 if cfg.head == "multitask" else num_classes
+    try:
+        model = timm.create_model(cfg.name, pretrained=pretrained, num_classes=outputs,
+                                  drop_rate=cfg.drop_rate, pretrained_cfg_overlay=overlay)
+    except RuntimeError as exc:
+        if file is None:
+            raise
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"weights {file} do not fit model {cfg.name} ({first}); "
+                          "use the file made for this model") from None
+    return MultiTaskHead(model) if cfg.head == "multitask" else model
+
+
+def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) the backbone's pretrained weights expect (timm's data config)."""
+    inner = model.backbone if isinstance(model, MultiTaskHead) else model
+    data_cfg = timm.data.resolve_model_data_config(inner)
+    return tuple(data_cfg["mean"]), tuple(data_cfg["std"])
