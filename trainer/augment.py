@@ -141,5 +141,10 @@ def apply_cpu(aug: Augmentation, images: np.ndarray, seed: int) -> np.ndarray:
     """Run the preset's per-image transforms on a uint8 batch (B, H, W, 3), seeded."""
     if aug.cpu is None:
         return images
-    aug.cpu.set_random_seed(seed)
+    # One seed per transform: albumentations' set_random_seed gives every child the same
+    # stream, so their "apply?" draws would agree and whole images would go unaugmented.
+    seeds = np.random.SeedSequence(seed).generate_state(len(aug.cpu.transforms) + 1)
+    aug.cpu.set_random_seed(int(seeds[0]))
+    for transform, s in zip(aug.cpu.transforms, seeds[1:]):
+        transform.set_random_seed(int(s))
     return np.stack([aug.cpu(image=img)["image"] for img in images])
