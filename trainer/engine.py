@@ -618,7 +618,7 @@ def predict(
     amp_dtype = _amp_dtype(cfg.precision, dev)
     out = []
     for start in range(0, len(paths), batch_size):
-        xb = torch.from_numpy(np.ascontiguousarray(info.images[start:start + batch_size]))
+        xb = torch.from_numpy(np.array(info.images[start:start + batch_size]))
         if dev.type == "cuda":
             xb = xb.pin_memory()
         x = prep(xb)
