@@ -6,73 +6,58 @@ model from a :class:`TrainConfig`, ``predict`` scores images with a checkpoint, 
 """
 from __future__ import annotations
 
-from trainer.augment import create_augmentation, create_mixer, list_augmentations
-from trainer.cache import build_cache, decode_image
-from trainer.config import (
-    DataConfig,
-    LossConfig,
-    ModelConfig,
-    OptimConfig,
-    TrainConfig,
-    config_from_dict,
-    config_to_dict,
-    load_config,
-    replace_path,
-    save_config,
-)
-from trainer.engine import (
-    FitResult,
-    PreparedData,
-    TrainingDiverged,
-    fit,
-    load_checkpoint,
-    predict,
-    prepare_data,
-    resolve_device,
-)
-from trainer.errors import ConfigError, DataError, TrainerError
-from trainer.layout import decode_label, encode_label, read_eval, scan_train
-from trainer.losses import create_loss, create_loss_mix, list_losses
-from trainer.metrics import classification_metrics
-from trainer.models import create_model
-from trainer.split import split_frame, split_people
+import importlib
+from typing import Any
 
-__all__ = [
-    "ConfigError",
-    "DataConfig",
-    "DataError",
-    "FitResult",
-    "LossConfig",
-    "ModelConfig",
-    "OptimConfig",
-    "PreparedData",
-    "TrainConfig",
-    "TrainerError",
-    "TrainingDiverged",
-    "build_cache",
-    "classification_metrics",
-    "config_from_dict",
-    "config_to_dict",
-    "create_augmentation",
-    "create_loss",
-    "create_loss_mix",
-    "create_mixer",
-    "create_model",
-    "decode_image",
-    "decode_label",
-    "encode_label",
-    "fit",
-    "list_augmentations",
-    "list_losses",
-    "load_checkpoint",
-    "load_config",
-    "predict",
-    "prepare_data",
-    "read_eval",
-    "replace_path",
-    "resolve_device",
-    "save_config",
-    "scan_train",
-    "split_frame",
-    "split_people",
-]
+# Exports load on first use, so `python -m trainer.synth` does not pay for torch and timm.
+_EXPORTS = {
+    "ConfigError": "trainer.errors",
+    "DataConfig": "trainer.config",
+    "DataError": "trainer.errors",
+    "FitResult": "trainer.engine",
+    "LossConfig": "trainer.config",
+    "ModelConfig": "trainer.config",
+    "OptimConfig": "trainer.config",
+    "PreparedData": "trainer.engine",
+    "TrainConfig": "trainer.config",
+    "TrainerError": "trainer.errors",
+    "TrainingDiverged": "trainer.engine",
+    "build_cache": "trainer.cache",
+    "classification_metrics": "trainer.metrics",
+    "config_from_dict": "trainer.config",
+    "config_to_dict": "trainer.config",
+    "create_augmentation": "trainer.augment",
+    "create_loss": "trainer.losses",
+    "create_loss_mix": "trainer.losses",
+    "create_mixer": "trainer.augment",
+    "create_model": "trainer.models",
+    "decode_image": "trainer.cache",
+    "decode_label": "trainer.layout",
+    "encode_label": "trainer.layout",
+    "fit": "trainer.engine",
+    "list_augmentations": "trainer.augment",
+    "list_losses": "trainer.losses",
+    "load_checkpoint": "trainer.engine",
+    "load_config": "trainer.config",
+    "predict": "trainer.engine",
+    "prepare_data": "trainer.engine",
+    "read_eval": "trainer.layout",
+    "replace_path": "trainer.config",
+    "resolve_device": "trainer.engine",
+    "save_config": "trainer.config",
+    "scan_train": "trainer.layout",
+    "split_frame": "trainer.split",
+    "split_people": "trainer.split",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'trainer' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,1 @@
+"""hpo: hyperparameter search for the mask / gender / age competition."""
