@@ -439,8 +439,8 @@ def _check_plain(ctx: _Ctx, raw: Any) -> None:
             if isinstance(value, Mapping):
                 for key, item in value.items():
                     if not isinstance(key, str):
-                        raise ctx.error(where, f"key {_show(key)} is a {type(key).__name__}, "
-                                               "but keys must be strings; quote it")
+                        raise ctx.error(where, f"key {_show(key)} is not a string (it is a "
+                                               f"{type(key).__name__}); quote it")
                     stack.append((item, f"{where}: {key}" if where else key, depth + 1))
             else:
                 for i, item in enumerate(value):
@@ -674,9 +674,11 @@ def _parse_fixed(ctx: _Ctx, raw: Any,
                  data: Mapping[str, Any]) -> tuple[dict[str, Any], TrainConfig]:
     raw = {} if raw is None else _mapping(ctx, "fixed", raw, "{epochs: 10}")
     sections = _sections()
+    examples = {"data": "{img_size: [224, 224]}", "model": "{name: resnet34}",
+                "optim": "{lr: 1.0e-3}", "loss": "{weights: {ce: 1.0}}"}
     for key, value in raw.items():
         if key in sections and value is not None:
-            _mapping(ctx, f"fixed: {key}", value, "{name: resnet34}" if key == "model" else "{}")
+            _mapping(ctx, f"fixed: {key}", value, examples.get(key, "{}"))
     data_section = raw.get("data") or {}
     for key in SPLIT_KEYS:
         if key in data_section:
@@ -718,7 +720,7 @@ def _parse_space(ctx: _Ctx, raw: Any, fixed: Mapping[str, Any],
                                      "the same people; set it once in the data section")
         if key == "output_dir":
             raise ctx.error("space", "output_dir cannot be searched; hpo sets it per trial")
-        params.append(_parse_param(ctx, key, dist, fields[key], params))
+        params.append(_parse_param(ctx, key, dist, fields[key], params, later=list(raw)))
     fixed_keys = _fixed_keys(fixed)
     for p in params:
         if p.key in fixed_keys and not p.when:
@@ -730,8 +732,8 @@ def _parse_space(ctx: _Ctx, raw: Any, fixed: Mapping[str, Any],
     return tuple(params)
 
 
-def _parse_param(ctx: _Ctx, key: str, raw: Any, annotation: Any,
-                 earlier: Sequence[ParamSpec]) -> ParamSpec:
+def _parse_param(ctx: _Ctx, key: str, raw: Any, annotation: Any, earlier: Sequence[ParamSpec],
+                 *, later: Sequence[str]) -> ParamSpec:
     where = f"space: {key}"
     raw = _mapping(ctx, where, raw, "{type: float, low: 0.0, high: 1.0}")
     if "type" not in raw:
@@ -739,7 +741,7 @@ def _parse_param(ctx: _Ctx, key: str, raw: Any, annotation: Any,
     kind = _choose(ctx, f"{where}: type", raw["type"], PARAM_TYPES, "distribution type")
     _unknown_keys(ctx, where, raw, _PARAM_KEYS[kind])
     _check_kind_fits(ctx, where, key, kind, annotation)
-    when = _parse_when(ctx, key, raw.get("when"), earlier)
+    when = _parse_when(ctx, key, raw.get("when"), earlier, space_keys=later)
     if kind in ("float", "int"):
         return _parse_range(ctx, where, key, kind, raw, when)
     if kind == "categorical":
@@ -863,8 +865,8 @@ def _loss_name(ctx: _Ctx, where: str, value: Any, losses: Sequence[str]) -> str:
     return value
 
 
-def _parse_when(ctx: _Ctx, own: str, raw: Any,
-                earlier: Sequence[ParamSpec]) -> dict[str, tuple[Any, ...]]:
+def _parse_when(ctx: _Ctx, own: str, raw: Any, earlier: Sequence[ParamSpec], *,
+                space_keys: Sequence[str]) -> dict[str, tuple[Any, ...]]:
     if raw is None:
         return {}
     where = f"space: {own}: when"
@@ -876,6 +878,10 @@ def _parse_when(ctx: _Ctx, own: str, raw: Any,
     out: dict[str, tuple[Any, ...]] = {}
     for key, values in raw.items():
         parent = by_key.get(key)
+        if parent is None and key in space_keys:
+            raise ctx.error(where, f"{key} comes after {own} in space (or is {own} itself), "
+                                   f"but a condition must refer to an earlier parameter; "
+                                   f"move {own} below {key}")
         if parent is None:
             listing = ", ".join(categorical) if categorical else "none"
             raise ctx.error(where, f"'{key}' is not a parameter defined above {own} in space"

@@ -1,0 +1,172 @@
+"""The objective: one Optuna trial = suggest settings, train with ``trainer.fit``, record.
+
+This is the only module of the service that runs the trainer. Each epoch reports the study's
+metric (one storage write for the report, one for the progress attribute) and asks the pruner.
+A retried trial (its worker died) continues from the dead trial's ``last.pt``.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from optuna.storages import RetryFailedTrialCallback
+
+import trainer
+from hpo.artifacts import ArtifactPaths, confusion_png
+from hpo.space import build_config, suggest
+from hpo.spec import StudySpec
+from trainer.metrics import confusion
+
+__all__ = ["Objective", "library_versions", "val_hash"]
+
+log = logging.getLogger("hpo")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions recorded on every trial (so a result can be reproduced)."""
+    import albumentations
+    import timm
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "timm": timm.__version__, "optuna": optuna.__version__,
+            "albumentations": albumentations.__version__, "numpy": np.__version__}
+
+
+def val_hash(paths: list[str], labels: np.ndarray) -> str:
+    """Identifies a validation set: trials with the same hash can be ensembled."""
+    h = hashlib.sha256()
+    for p, y in zip(paths, labels.tolist()):
+        h.update(f"{Path(p).parent.name}/{Path(p).name}:{y}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _retry_chain(trial: optuna.Trial) -> list[int]:
+    """Numbers of the failed trials this one retries, most recent first."""
+    storage = trial.study._storage
+    frozen = storage.get_trial(trial._trial_id)
+    history = RetryFailedTrialCallback.retry_history(frozen)
+    return list(reversed(history))
+
+
+class Objective:
+    """Callable for ``study.optimize``; keeps the decoded data of one worker between trials.
+
+    Args:
+        spec: the validated study file.
+        artifacts: where trials keep their files.
+        train_dir: overrides the study's ``data.train_dir`` (``--data``).
+        fit: the training function (``trainer.fit``; the storage load test passes a stand-in
+            with the same signature that sleeps instead of training).
+    """
+
+    def __init__(self, spec: StudySpec, artifacts: ArtifactPaths, *, train_dir: str | None = None,
+                 fit=None) -> None:
+        self.spec = spec
+        self.artifacts = artifacts
+        self.train_dir = train_dir
+        self.fit = fit or trainer.fit
+        self._prepared: dict[Any, trainer.PreparedData] = {}
+
+    def _data(self, cfg: trainer.TrainConfig) -> trainer.PreparedData | None:
+        if self.fit is not trainer.fit:
+            return None
+        key = (cfg.data.train_dir, cfg.data.img_size, cfg.data.crop, cfg.data.val_fraction,
+               cfg.data.fold, cfg.data.n_folds, cfg.data.split_seed, cfg.data.age_bins,
+               cfg.data.relabel_csv, cfg.data.cache_dir)
+        if key not in self._prepared:
+            self._prepared[key] = trainer.prepare_data(cfg)
+        return self._prepared[key]
+
+    def _resume_point(self, trial: optuna.Trial) -> Path | None:
+        for number in _retry_chain(trial):
+            last = self.artifacts.trial_dir(trial.study.study_name, number) / "last.pt"
+            if last.is_file():
+                return last
+        return None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        spec = self.spec
+        settings = suggest(trial, spec)
+        out_dir = self.artifacts.trial_dir(trial.study.study_name, trial.number)
+        cfg = build_config(spec, settings, output_dir=str(out_dir), train_dir=self.train_dir)
+        resume = self._resume_point(trial)
+        start_attrs = {"host": socket.gethostname(), "seed": cfg.seed,
+                       "versions": library_versions(),
+                       "device": _device_label(cfg.device)}
+        if resume is not None:
+            done = trainer.load_checkpoint(resume)["epoch"]
+            start_attrs["resumed_from"] = {"trial": int(resume.parent.name), "epoch": done}
+            log.info("trial %d resumes trial %s from epoch %d", trial.number,
+                     resume.parent.name, done)
+        for key, value in start_attrs.items():
+            trial.set_user_attr(key, value)
+
+        epochs_run: list[int] = []
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            value = metrics[spec.metric]
+            epochs_run.append(epoch)
+            trial.report(value, epoch)
+            trial.set_user_attr("progress", {"epoch": epoch, "epochs": cfg.epochs,
+                                             spec.metric: round(value, 5)})
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}: {spec.metric} {value:.4f}")
+
+        try:
+            result = self.fit(cfg, on_epoch=on_epoch, resume=resume, data=self._data(cfg))
+        except optuna.TrialPruned:
+            trial.set_user_attr("epochs_run", epochs_run)
+            raise
+        except Exception as exc:  # recorded, then optuna marks the trial FAIL; worker goes on
+            reason = _fail_reason(exc)
+            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr("epochs_run", epochs_run)
+            log.warning("trial %d failed: %s", trial.number, reason)
+            if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise
+        return self._record(trial, cfg, result, epochs_run)
+
+    def _record(self, trial: optuna.Trial, cfg: trainer.TrainConfig, result,
+                epochs_run: list[int]) -> float:
+        out = Path(result.output_dir)
+        np.save(out / "val_labels.npy", result.val_labels)
+        confusion_png(confusion(result.val_probs, result.val_labels), out / "confusion.png",
+                      title=f"trial {trial.number}: best epoch {result.best_epoch}, "
+                            f"f1 {result.best_metrics['f1']:.4f}")
+        attrs = {
+            "metrics": {k: round(float(v), 6) for k, v in result.best_metrics.items()},
+            "best_epoch": result.best_epoch,
+            "epochs_run": epochs_run,
+            "seconds": round(result.seconds, 2),
+            "images_per_second": round(result.images_per_second, 1),
+            "device": result.device,
+            "val_hash": val_hash(result.val_paths, result.val_labels),
+            "artifacts": self.artifacts.upload(trial, out),
+        }
+        for key in ("f1", "accuracy", "mask_f1", "gender_f1", "age_f1"):
+            attrs[key] = round(float(result.best_metrics[key]), 6)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        self.artifacts.tidy(out)
+        return float(result.best_metrics[self.spec.metric])
+
+
+def _device_label(device: str) -> str:
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return "cpu" if device == "auto" else device
+
+
+def _fail_reason(exc: BaseException) -> str:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return "CUDA out of memory: lower batch_size or img_size for this model"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:500]

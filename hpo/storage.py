@@ -1,0 +1,155 @@
+"""Study storage: SQLite by default (WAL + busy timeout), PostgreSQL for many machines.
+
+The URL comes from ``--storage``, else ``$HPO_STORAGE``, else ``sqlite:///hpo.db``. Passwords
+are never printed: every message and log line shows :func:`mask_url`'s form.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import optuna
+import sqlalchemy.exc
+from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from sqlalchemy.engine import make_url
+
+from hpo.errors import StorageError
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "mask_url",
+    "resolve_storage_url",
+    "open_storage",
+    "with_retries",
+]
+
+log = logging.getLogger("hpo")
+DEFAULT_STORAGE = "sqlite:///hpo.db"
+_T = TypeVar("_T")
+_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
+
+
+def resolve_storage_url(url: str | None = None) -> str:
+    """``url``, else ``$HPO_STORAGE``, else ``sqlite:///hpo.db`` (postgresql:// = psycopg 3)."""
+    url = url or os.environ.get("HPO_STORAGE") or DEFAULT_STORAGE
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in _DRIVERS:
+        url = f"{_DRIVERS[scheme]}://{rest}"
+    return url
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***`` (safe to print and log)."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # not a URL sqlalchemy understands: mask anything like user:pass@
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    if parsed.password is None:
+        return parsed.render_as_string(hide_password=False)
+    return parsed.set(password="***").render_as_string(hide_password=False)
+
+
+def _prepare_sqlite(url: str) -> dict:
+    path = make_url(url).database
+    if path and path != ":memory:":
+        db = Path(path).expanduser()
+        if not db.parent.exists():
+            raise StorageError(f"cannot create the SQLite study database {db}: folder "
+                               f"{db.parent} does not exist; create it or fix --storage")
+        # WAL lets readers (dashboard, status) and the writer work at once; it is a property
+        # of the file, so setting it once here covers every later connection.
+        with sqlite3.connect(db, timeout=60) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+    return {"connect_args": {"timeout": 60}}
+
+
+def _reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    return text
+
+
+def open_storage(
+    url: str | None = None,
+    *,
+    heartbeat_interval: int | None = 30,
+    grace_period: int | None = None,
+    max_retry: int = 3,
+) -> RDBStorage:
+    """Open (and create if needed) the study storage.
+
+    Args:
+        url: storage URL; None means ``$HPO_STORAGE`` or ``sqlite:///hpo.db``.
+        heartbeat_interval: seconds between a running trial's heartbeats; a trial silent for
+            ``grace_period`` (default twice the interval) is failed and retried. None disables.
+        grace_period: see above.
+        max_retry: how often a trial of a dead worker is retried.
+
+    Raises:
+        StorageError: unreachable server, bad credentials, unknown database or driver; the
+            message names the host with the password masked, and the fix.
+    """
+    url = resolve_storage_url(url)
+    masked = mask_url(url)
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise StorageError(f"storage URL {masked!r} is not a database URL; use e.g. "
+                           f"{DEFAULT_STORAGE} or postgresql://user:pass@host:5432/db") from None
+    engine_kwargs: dict = {}
+    if parsed.get_backend_name() == "sqlite":
+        engine_kwargs = _prepare_sqlite(url)
+    else:
+        # pre_ping replaces connections that died with a database restart before they're used
+        engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 300,
+                         "connect_args": {"connect_timeout": 10}}
+    callback = RetryFailedTrialCallback(max_retry=max_retry) if heartbeat_interval else None
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                          grace_period=grace_period, failed_trial_callback=callback)
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+        host = f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
+        reason = _reason(exc)
+        if "password" in reason.lower() or "authentication" in reason.lower():
+            raise StorageError(f"the study database at {masked} refused the login "
+                               f"({reason}); check the user and password in --storage or "
+                               "HPO_STORAGE") from None
+        raise StorageError(f"cannot reach the study database at {host} ({masked}): {reason}; "
+                           "start the database or fix --storage / HPO_STORAGE") from None
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ImportError) as exc:
+        raise StorageError(f"storage URL {masked} cannot be used ({_reason(exc)}); for "
+                           "PostgreSQL install psycopg: pip install 'psycopg[binary]'") from None
+    except RuntimeError as exc:  # optuna: schema from another version
+        raise StorageError(f"study database {masked}: {_reason(exc)}") from None
+
+
+def with_retries(fn: Callable[[], _T], *, what: str, attempts: int = 8,
+                 first_delay: float = 0.5) -> _T:
+    """Call ``fn``; on a lost database connection wait (exponential backoff) and try again."""
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                sqlalchemy.exc.DBAPIError) as exc:
+            if attempt == attempts:
+                raise StorageError(f"lost the study database while {what} after {attempts} "
+                                   f"tries: {_reason(exc)}") from None
+            log.warning("database unavailable while %s (%s); retrying in %.1f s", what,
+                        _reason(exc), delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+    raise AssertionError("unreachable")
+
+
+def _quiet_optuna() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+_quiet_optuna()

@@ -1,0 +1,175 @@
+"""Studies and workers: create or resume a study, run trials until its budget is met.
+
+A worker is one process that runs trials one after another (``hpo worker``); ``hpo launch``
+starts several (one per GPU, or N on the CPU) and shows their progress. Any number of workers on
+any number of machines share a study through its storage. The budget counts trial lineages: a
+trial retried after its worker died counts once, so a study with ``n_trials: 20`` ends with 20
+finished lineages whatever crashed on the way.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from hpo.artifacts import ArtifactPaths
+from hpo.errors import HpoError
+from hpo.objective import Objective
+from hpo.space import enqueue_params
+from hpo.spec import StudySpec, create_pruner, create_sampler
+from hpo.storage import mask_url, open_storage, resolve_storage_url, with_retries
+
+__all__ = ["Budget", "open_study", "budget_state", "run_worker", "install_stop_signals"]
+
+log = logging.getLogger("hpo")
+_SPLIT_ATTR = "hpo_split"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """When a worker stops: after ``n_trials`` lineages in the study, or ``timeout`` seconds."""
+
+    n_trials: int | None
+    timeout: float | None
+
+
+def _split_of(spec: StudySpec, train_dir: str | None) -> dict[str, Any]:
+    split = dict(spec.data)
+    if train_dir:
+        split["train_dir"] = train_dir
+    split["train_dir"] = os.path.abspath(split["train_dir"])
+    return split
+
+
+def open_study(
+    spec: StudySpec,
+    *,
+    storage: str | None = None,
+    train_dir: str | None = None,
+    heartbeat_interval: int | None = 30,
+    create: bool = True,
+) -> optuna.Study:
+    """Create the study named after the spec, or load it if it exists (never starts over).
+
+    A new study records its validation split and enqueues the study file's first trials. An
+    existing study must have been made with the same split: every trial of a study validates on
+    the same people, which promotion relies on.
+
+    Raises:
+        StorageError: the storage cannot be reached.
+        HpoError: the study does not exist (with ``create=False``), or its split differs.
+    """
+    url = resolve_storage_url(storage)
+    store = open_storage(url, heartbeat_interval=heartbeat_interval)
+    if not create:
+        names = with_retries(lambda: [s.study_name for s in store.get_all_studies()],
+                             what="listing studies")
+        if spec.name not in names:
+            raise HpoError(f"study {spec.name!r} does not exist in {mask_url(url)}; start it "
+                           f"with: hpo launch --study {spec.name}")
+    study = with_retries(lambda: optuna.create_study(
+        study_name=spec.name, storage=store, sampler=create_sampler(spec.sampler),
+        pruner=create_pruner(spec.pruner), direction=spec.direction, load_if_exists=True,
+    ), what="opening the study")
+    split = _split_of(spec, train_dir)
+    recorded = study.user_attrs.get(_SPLIT_ATTR)
+    if recorded is None:
+        study.set_user_attr(_SPLIT_ATTR, split)
+        study.set_user_attr("metric", spec.metric)
+        study.set_user_attr("study_file", spec.path)
+        for params in enqueue_params(spec):
+            study.enqueue_trial(params, skip_if_exists=True)
+    elif _comparable(recorded) != _comparable(split):
+        raise HpoError(f"study {spec.name!r} was started with split {recorded}, but now "
+                       f"{split}; every trial must validate on the same people: restore the "
+                       "study file's data section (or --data), or rename the study")
+    return study
+
+
+def _comparable(split: dict[str, Any]) -> dict[str, Any]:
+    # The data folder may be mounted elsewhere on another machine; its name and the split
+    # settings must agree.
+    return {**split, "train_dir": os.path.basename(os.path.normpath(split["train_dir"]))}
+
+
+def budget_state(study: optuna.Study) -> tuple[int, int, int]:
+    """(lineages so far, trials waiting, trials running)."""
+    trials = study.get_trials(deepcopy=False)
+    lineages = sum(1 for t in trials if "failed_trial" not in t.system_attrs)
+    waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+    running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+    return lineages, waiting, running
+
+
+def install_stop_signals() -> None:
+    """SIGTERM behaves like Ctrl-C: optuna then marks the running trial FAIL, not RUNNING."""
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def run_worker(
+    spec: StudySpec,
+    *,
+    storage: str | None = None,
+    artifacts: str | None = None,
+    train_dir: str | None = None,
+    budget: Budget | None = None,
+    heartbeat_interval: int | None = 30,
+    fit: Callable | None = None,
+    on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
+) -> int:
+    """Run trials of the study until its budget is met; returns how many this worker ran.
+
+    Trials that fail (NaN loss, out of memory, a bad image) are recorded FAIL with their reason
+    and the worker goes on; trials of dead workers are retried from their last checkpoint.
+
+    Raises:
+        KeyboardInterrupt: on Ctrl-C or SIGTERM, after the running trial was recorded FAIL.
+    """
+    budget = budget or Budget(spec.n_trials, spec.timeout)
+    study = open_study(spec, storage=storage, train_dir=train_dir,
+                       heartbeat_interval=heartbeat_interval)
+    objective = Objective(spec, ArtifactPaths(artifacts), train_dir=train_dir, fit=fit)
+    started = time.monotonic()
+    ran = 0
+    while True:
+        if budget.timeout is not None and time.monotonic() - started >= budget.timeout:
+            break
+        lineages, waiting, _ = with_retries(lambda: budget_state(study),
+                                            what="counting trials")
+        if budget.n_trials is not None and lineages >= budget.n_trials and not waiting:
+            break
+        with_retries(lambda: study.optimize(objective, n_trials=1, catch=(Exception,),
+                                            callbacks=[_notify(on_trial)] if on_trial else None),
+                     what="running a trial")
+        ran += 1
+    return ran
+
+
+def _notify(on_trial):
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        on_trial(trial)
+    return callback
+
+
+def worker_main(spec: StudySpec, **kwargs) -> int:
+    """Entry for a worker process: stop signals, one-line errors, a resume hint."""
+    install_stop_signals()
+    try:
+        run_worker(spec, **kwargs)
+    except KeyboardInterrupt:
+        print(f"worker stopped; the running trial was recorded FAIL. Resume with: "
+              f"hpo worker --study {spec.name}", file=sys.stderr)
+        return 130
+    return 0
