@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from optuna.storages import RetryFailedTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 import trainer
 from hpo.artifacts import ArtifactPaths, confusion_png
@@ -51,7 +51,7 @@ def _retry_chain(trial: optuna.Trial) -> list[int]:
     """Numbers of the failed trials this one retries, most recent first."""
     storage = trial.study._storage
     frozen = storage.get_trial(trial._trial_id)
-    history = RetryFailedTrialCallback.retry_history(frozen)
+    history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
     return list(reversed(history))
 
 

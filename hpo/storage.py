@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import optuna
 import sqlalchemy.exc
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import make_url
 
 from hpo.errors import StorageError
@@ -50,9 +50,7 @@ def mask_url(url: str) -> str:
         parsed = make_url(url)
     except Exception:  # not a URL sqlalchemy understands: mask anything like user:pass@
         return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-    if parsed.password is None:
-        return parsed.render_as_string(hide_password=False)
-    return parsed.set(password="***").render_as_string(hide_password=False)
+    return parsed.render_as_string(hide_password=True)
 
 
 def _prepare_sqlite(url: str) -> dict:
@@ -109,10 +107,12 @@ def open_storage(
         # pre_ping replaces connections that died with a database restart before they're used
         engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 300,
                          "connect_args": {"connect_timeout": 10}}
-    callback = RetryFailedTrialCallback(max_retry=max_retry) if heartbeat_interval else None
+    callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat_interval \
+        else None
     try:
         return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                          grace_period=grace_period, failed_trial_callback=callback)
+                          grace_period=grace_period,
+                          heartbeat_stale_trial_callback=callback)
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
         host = f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
         reason = _reason(exc)

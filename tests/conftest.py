@@ -63,3 +63,41 @@ def _isolated_env(monkeypatch, _session_cache):
     monkeypatch.delenv("HPO_WEIGHTS_DIR", raising=False)
     monkeypatch.delenv("HPO_STORAGE", raising=False)
     monkeypatch.setenv("HPO_CACHE_DIR", str(_session_cache))
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 600, cwd=None):
+    """Run ``hpo ARGS`` as a real subprocess (``python -m hpo.cli``) from the repository root."""
+    import os
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "hpo.cli", *args], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A fresh PostgreSQL database for this session on the server $HPO_TEST_POSTGRES_URL names.
+
+    Skipped when the variable is unset (CI sets it); dropped at the end.
+    """
+    import os
+    import uuid
+
+    base = os.environ.get("HPO_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("HPO_TEST_POSTGRES_URL is not set")
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(base)
+    name = f"hpo_test_{uuid.uuid4().hex[:10]}"
+    admin = dict(host=url.host, port=url.port or 5432, user=url.username,
+                 password=url.password, dbname=url.database or "postgres")
+    with psycopg.connect(**admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield url.set(database=name, drivername="postgresql+psycopg").render_as_string(
+        hide_password=False)
+    with psycopg.connect(**admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -15,8 +15,8 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -135,7 +135,7 @@ def build_cache(
         size: (height, width) after resizing.
         crop: optional center crop (height, width) before resizing.
         cache_dir: where caches live (default :func:`default_cache_dir`).
-        workers: decoding processes (default: all cores, at most 16).
+        workers: decoding threads (default: all cores, at most 16).
 
     Returns:
         The cache, memory-mapped read-only.
@@ -178,11 +178,13 @@ def _write(npy: Path, meta: Path, paths: Sequence[str], *, size, crop, workers) 
     bad: dict[int, str] = {}
     try:
         if workers <= 1 or len(jobs) < 64:
-            results = map(_decode_row, jobs)
-            _collect(results, out, bad, paths)
+            _collect(map(_decode_row, jobs), out, bad, paths)
         else:
-            with get_context("fork").Pool(workers) as pool:
-                _collect(pool.imap(_decode_row, jobs, chunksize=64), out, bad, paths)
+            # Threads, not processes: PIL releases the GIL while decoding and resizing, and a
+            # forked child would inherit locks held by other threads (optuna's heartbeat,
+            # loggers) and could hang forever.
+            with ThreadPoolExecutor(workers) as pool:
+                _collect(pool.map(_decode_row, jobs, chunksize=16), out, bad, paths)
         out.flush()
         del out
         os.replace(tmp, npy)

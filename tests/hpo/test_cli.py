@@ -1,0 +1,143 @@
+"""The study service through the real CLI, as users run it (subprocesses, SQLite file)."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import REPO, cli
+
+
+@pytest.fixture(scope="module")
+def smoke(tiny_data, tmp_path_factory):
+    """The shipped smoke study, 3 trials, run once through `hpo launch`."""
+    root = tmp_path_factory.mktemp("smoke")
+    storage = f"sqlite:///{root}/hpo.db"
+    args = ["--storage", storage, "--artifacts", str(root / "artifacts")]
+    out = cli("launch", "--study", "smoke", "--data", str(tiny_data / "train"),
+              "--n-trials", "3", *args)
+    return {"out": out, "storage": storage, "args": args, "root": root}
+
+
+@pytest.mark.slow
+def test_launch_runs_the_smoke_study(smoke):
+    out = smoke["out"]
+    assert out.returncode == 0, out.stderr
+    assert "study smoke in sqlite:///" in out.stdout
+    assert "complete " in out.stdout and "best trial" in out.stdout
+    study = optuna.load_study(study_name="smoke", storage=smoke["storage"])
+    states = [t.state for t in study.trials]
+    assert len(states) == 3 and TrialState.RUNNING not in states
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert done
+    trial = done[0]
+    for key in ("f1", "accuracy", "mask_f1", "gender_f1", "age_f1", "best_epoch", "epochs_run",
+                "seconds", "images_per_second", "device", "versions", "seed", "val_hash"):
+        assert key in trial.user_attrs, key
+    assert trial.user_attrs["versions"]["optuna"] == optuna.__version__
+    store = smoke["root"] / "artifacts" / "store"
+    for name in ("config.yaml", "best.pt", "last.pt", "val_probs.npy", "confusion.png"):
+        assert (store / trial.user_attrs["artifacts"][name]).is_file(), name
+    # trial 0 is the study file's enqueued recipe
+    assert study.trials[0].params["optim.lr"] == pytest.approx(3e-3)
+
+
+@pytest.mark.slow
+def test_status_and_best_print_the_trials(smoke):
+    status = cli("status", "--study", "smoke", *smoke["args"][:2])
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    assert lines[0] == "study smoke: 3 trials"
+    assert "state" in lines[1] and "params" in lines[1]
+    assert sum(" COMPLETE " in line or " PRUNED " in line for line in lines) == 3
+    assert lines[-1].startswith("best: trial ")
+    best = cli("best", "--study", "smoke", *smoke["args"][:2])
+    assert best.returncode == 0, best.stderr
+    assert best.stdout.startswith("best trial ") and "optim.lr = " in best.stdout
+    studies = cli("studies", *smoke["args"][:2])
+    assert "smoke" in studies.stdout and "trials 3" in studies.stdout
+
+
+@pytest.mark.slow
+def test_resuming_adds_trials(smoke, tiny_data):
+    out = cli("launch", "--study", "smoke", "--data", str(tiny_data / "train"),
+              "--n-trials", "4", *smoke["args"])
+    assert out.returncode == 0, out.stderr
+    assert "3 trials so far" in out.stdout
+    study = optuna.load_study(study_name="smoke", storage=smoke["storage"])
+    assert len(study.trials) == 4
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+
+
+def test_study_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("n_trials: 3\nspace:\n  optim.lr: {type: float, low: 1, high: 0.1}\n")
+    out = cli("launch", "--study", str(bad), "--storage", f"sqlite:///{tmp_path}/x.db")
+    assert out.returncode == 1
+    assert out.stderr.startswith("Error: ") and "low" in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    out = cli("status", "--study", "nosuchstudy", "--storage", f"sqlite:///{tmp_path}/x.db")
+    assert out.returncode == 1 and "nosuchstudy" in out.stderr and "smoke" in out.stderr
+
+
+def test_status_of_a_study_never_launched(tmp_path):
+    out = cli("status", "--study", "smoke", "--storage", f"sqlite:///{tmp_path}/x.db")
+    assert out.returncode == 1
+    assert "study 'smoke' does not exist" in out.stderr and "hpo launch --study smoke" in \
+        out.stderr
+
+
+def test_unreachable_database_at_start(tmp_path):
+    out = cli("launch", "--study", "smoke", "--storage",
+              "postgresql://hpo:hunter2@127.0.0.1:1/studies")
+    assert out.returncode == 1
+    assert "cannot reach the study database at 127.0.0.1:1" in out.stderr
+    assert "hunter2" not in out.stderr and "Traceback" not in out.stderr
+
+
+def test_every_command_has_help():
+    for command in ("launch", "worker", "studies", "status", "best", "dashboard", "promote",
+                    "ensembles", "predict"):
+        out = cli(command, "--help")
+        assert out.returncode == 0 and "--storage" in out.stdout or command == "ensembles"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_dashboard_serves_the_study(smoke):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "hpo.cli", "dashboard", "--port", str(port),
+                             *smoke["args"]], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        body = None
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies",
+                                            timeout=2) as r:
+                    body = json.loads(r.read())
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.5)
+        assert body is not None, proc.stderr.read() if proc.poll() is not None else "no answer"
+        names = [s["study_name"] for s in body["study_summaries"]]
+        assert "smoke" in names
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/dashboard", timeout=5) as r:
+            assert r.status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

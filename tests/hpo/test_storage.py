@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from hpo.errors import StorageError
+from hpo.storage import mask_url, open_storage, resolve_storage_url
+
+
+def test_default_and_environment(monkeypatch):
+    assert resolve_storage_url(None) == "sqlite:///hpo.db"
+    monkeypatch.setenv("HPO_STORAGE", "postgresql://u:p@db:5432/hpo")
+    assert resolve_storage_url(None) == "postgresql+psycopg://u:p@db:5432/hpo"
+    assert resolve_storage_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql+psycopg://hpo:s3cr%40t@db.lan:5432/studies",
+     "postgresql+psycopg://hpo:***@db.lan:5432/studies"),
+    ("postgresql://hpo@db/x", "postgresql://hpo@db/x"),
+    ("sqlite:///hpo.db", "sqlite:///hpo.db"),
+    ("weird://a:b@c", "weird://a:***@c"),
+])
+def test_passwords_are_masked(url, shown):
+    assert mask_url(url) == shown
+
+
+def test_sqlite_gets_wal_and_a_busy_timeout(tmp_path):
+    db = tmp_path / "s.db"
+    storage = open_storage(f"sqlite:///{db}")
+    assert storage.engine.url.database == str(db)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with storage.engine.connect() as conn:
+        timeout_ms = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
+    assert timeout_ms >= 30000
+
+
+def test_sqlite_in_a_missing_folder(tmp_path):
+    with pytest.raises(StorageError, match="folder .*nope does not exist; create it or fix"):
+        open_storage(f"sqlite:///{tmp_path}/nope/s.db")
+
+
+def test_unreachable_database_names_host_and_masks_password():
+    with pytest.raises(StorageError) as info:
+        open_storage("postgresql://hpo:hunter2@127.0.0.1:1/studies")
+    message = str(info.value)
+    assert message.startswith("cannot reach the study database at 127.0.0.1:1 "
+                              "(postgresql+psycopg://hpo:***@127.0.0.1:1/studies)")
+    assert message.endswith("start the database or fix --storage / HPO_STORAGE")
+    assert "hunter2" not in message and "\n" not in message
+
+
+def test_refused_login_is_masked(postgres_url):
+    from sqlalchemy.engine import make_url
+
+    bad = make_url(postgres_url).set(username="nobody_here", password="hunter2")
+    with pytest.raises(StorageError) as info:
+        open_storage(bad.render_as_string(hide_password=False))
+    message = str(info.value)
+    assert "hunter2" not in message and "***" in message and "\n" not in message
+    assert "nobody_here" in message
+
+
+def test_not_a_url():
+    with pytest.raises(StorageError, match="is not a database URL"):
+        open_storage("hpo.db")
