@@ -55,6 +55,10 @@ def main(verbose: bool) -> None:
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        from hpo.storage import quiet_optuna
+
+        quiet_optuna()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,7 +112,8 @@ def launch(study_name, train_dir, n_trials, timeout, gpus, workers, heartbeat, s
         env = dict(os.environ)
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device
-        procs.append(subprocess.Popen(argv, env=env))
+        # own session: a terminal's Ctrl-C reaches only us; we forward one SIGTERM each
+        procs.append(subprocess.Popen(argv, env=env, start_new_session=True))
     stopped = False
 
     def forward(signum, frame):

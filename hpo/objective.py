@@ -73,6 +73,7 @@ class Objective:
         self.train_dir = train_dir
         self.fit = fit or trainer.fit
         self._prepared: dict[Any, trainer.PreparedData] = {}
+        self.current_trial: int | None = None
 
     def _data(self, cfg: trainer.TrainConfig) -> trainer.PreparedData | None:
         if self.fit is not trainer.fit:
@@ -119,8 +120,14 @@ class Objective:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}: {spec.metric} {value:.4f}")
 
+        self.current_trial = trial.number
         try:
             result = self.fit(cfg, on_epoch=on_epoch, resume=resume, data=self._data(cfg))
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM); retried from "
+                                "its last checkpoint by the next worker")
+            trial.set_user_attr("epochs_run", epochs_run)
+            raise
         except optuna.TrialPruned:
             trial.set_user_attr("epochs_run", epochs_run)
             raise

@@ -27,6 +27,7 @@ __all__ = [
     "resolve_storage_url",
     "open_storage",
     "with_retries",
+    "quiet_optuna",
 ]
 
 log = logging.getLogger("hpo")
@@ -65,6 +66,22 @@ def _prepare_sqlite(url: str) -> dict:
         with sqlite3.connect(db, timeout=60) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
     return {"connect_args": {"timeout": 60}}
+
+
+class _ResilientStorage(RDBStorage):
+    """RDBStorage whose heartbeat survives a short database outage.
+
+    Optuna records heartbeats from a background thread; one failed write would end that thread
+    and let a live trial look dead, so another worker would retry it while it still runs.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                sqlalchemy.exc.DBAPIError) as exc:
+            log.warning("heartbeat of trial %d not recorded (%s); will try again", trial_id,
+                        _reason(exc))
 
 
 def _reason(exc: BaseException) -> str:
@@ -110,9 +127,10 @@ def open_storage(
     callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat_interval \
         else None
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                          grace_period=grace_period,
-                          heartbeat_stale_trial_callback=callback)
+        return _ResilientStorage(url, engine_kwargs=engine_kwargs,
+                                 heartbeat_interval=heartbeat_interval,
+                                 grace_period=grace_period,
+                                 heartbeat_stale_trial_callback=callback)
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
         host = f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
         reason = _reason(exc)
@@ -148,8 +166,8 @@ def with_retries(fn: Callable[[], _T], *, what: str, attempts: int = 8,
     raise AssertionError("unreachable")
 
 
-def _quiet_optuna() -> None:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+def quiet_optuna() -> None:
+    # Optuna logs every failed trial with a full traceback; ours logs one line with the reason
+    # and records it on the trial (``fail_reason``). ``hpo -v`` turns Optuna's logs back on.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
-
-_quiet_optuna()

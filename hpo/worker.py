@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
 from hpo.artifacts import ArtifactPaths
@@ -31,6 +32,7 @@ __all__ = ["Budget", "open_study", "budget_state", "run_worker", "install_stop_s
 
 log = logging.getLogger("hpo")
 _SPLIT_ATTR = "hpo_split"
+_MAX_RETRY = 3
 
 
 @dataclass(frozen=True)
@@ -113,9 +115,14 @@ def install_stop_signals() -> None:
     """SIGTERM behaves like Ctrl-C: optuna then marks the running trial FAIL, not RUNNING."""
 
     def stop(signum, frame):
+        # Later signals are ignored so the first one's clean-up (record FAIL, queue the
+        # retry) is not itself interrupted.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
 
 def run_worker(
@@ -143,18 +150,43 @@ def run_worker(
     objective = Objective(spec, ArtifactPaths(artifacts), train_dir=train_dir, fit=fit)
     started = time.monotonic()
     ran = 0
+    callbacks = [_notify(on_trial)] if on_trial else None
     while True:
         if budget.timeout is not None and time.monotonic() - started >= budget.timeout:
             break
-        lineages, waiting, _ = with_retries(lambda: budget_state(study),
-                                            what="counting trials")
+        if heartbeat_interval:
+            # A dead worker's trial only turns FAIL (and gets its retry) when someone looks.
+            with_retries(lambda: fail_stale_trials(study), what="checking for dead workers")
+        lineages, waiting, running = with_retries(lambda: budget_state(study),
+                                                  what="counting trials")
         if budget.n_trials is not None and lineages >= budget.n_trials and not waiting:
+            if running and heartbeat_interval:
+                # One of them may belong to a dead worker: wait until it finishes or its
+                # heartbeat goes stale and it comes back as a retry to run here.
+                time.sleep(min(heartbeat_interval, 5))
+                continue
             break
-        with_retries(lambda: study.optimize(objective, n_trials=1, catch=(Exception,),
-                                            callbacks=[_notify(on_trial)] if on_trial else None),
-                     what="running a trial")
+        try:
+            with_retries(lambda: study.optimize(objective, n_trials=1, catch=(Exception,),
+                                                callbacks=callbacks),
+                         what="running a trial")
+        except KeyboardInterrupt:
+            _retry_interrupted(study, objective.current_trial)
+            raise
         ran += 1
     return ran
+
+
+def _retry_interrupted(study: optuna.Study, number: int | None) -> None:
+    """Queue a retry of a trial stopped by Ctrl-C/SIGTERM; it resumes from its last.pt."""
+    if number is None:
+        return
+    try:
+        trial = study.get_trials(deepcopy=False)[number]
+        if trial.state == TrialState.FAIL:
+            RetryHeartbeatStaleTrialCallback(max_retry=_MAX_RETRY)(study, trial)
+    except Exception as exc:  # stopping must not fail because the database is away
+        log.warning("could not queue a retry of trial %s: %s", number, exc)
 
 
 def _notify(on_trial):
@@ -169,7 +201,8 @@ def worker_main(spec: StudySpec, **kwargs) -> int:
     try:
         run_worker(spec, **kwargs)
     except KeyboardInterrupt:
-        print(f"worker stopped; the running trial was recorded FAIL. Resume with: "
-              f"hpo worker --study {spec.name}", file=sys.stderr)
+        print(f"worker stopped; its running trial was recorded FAIL and queued to resume from "
+              f"its last checkpoint. Resume with: hpo worker --study {spec.name}",
+              file=sys.stderr)
         return 130
     return 0
