@@ -300,19 +300,24 @@ def _parse_yaml(text: str, shown: str) -> Any:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = exc.problem or exc.context or "invalid YAML"
-        raise SpecError(
+        if exc.problem and exc.context and exc.context_mark:
+            # an unclosed bracket is reported at the end of the file; say where it opened
+            problem += (f" ({exc.context} started at line {exc.context_mark.line + 1}, "
+                        f"column {exc.context_mark.column + 1})")
+        raise SpecError(_one_line(
             f"{shown} is not valid YAML{where}: {problem}; fix the syntax there "
             "(quote strings that contain ': ' or start with a special character)"
-        ) from None
+        )) from None
     except yaml.reader.ReaderError as exc:
-        raise SpecError(
+        raise SpecError(_one_line(
             f"{shown} is not valid YAML: {exc.reason} (character {exc.character!r} at "
             f"position {exc.position}); remove it or quote it"
-        ) from None
+        )) from None
     except RecursionError:
         raise SpecError(f"{shown} is nested too deeply to read; flatten it") from None
     except Exception as exc:  # e.g. a date like 2021-02-30 fails in the constructor
-        raise SpecError(f"{shown} is not valid YAML: {exc}; fix or quote that value") from None
+        raise SpecError(_one_line(f"{shown} is not valid YAML: {exc}; fix or quote that value")
+                        ) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,7 +330,13 @@ class _Ctx:
 
     def error(self, where: str, message: str) -> SpecError:
         prefix = f"{self.path}: {where}" if where else self.path
-        return SpecError(f"{prefix}: {message}")
+        return SpecError(_one_line(f"{prefix}: {message}"))
+
+
+def _one_line(text: str) -> str:
+    # Keys and values come from the file; escape their newlines and control characters so the
+    # CLI's one-line error stays one line.
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class _Missing:
@@ -350,15 +361,17 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _number(ctx: _Ctx, where: str, value: Any, rule: str = "a number") -> float:
+def _number(ctx: _Ctx, where: str, value: Any, rule: str = "a number",
+            example: str = "1.0e-3") -> float:
     original = value
     if isinstance(value, str):
         try:  # PyYAML reads 1e-3 (no dot) as a string; accept it as users mean it
             value = float(value)
         except ValueError:
-            raise ctx.error(where, f"{_show(original)} is not {rule}; write e.g. 1.0e-3") from None
+            raise ctx.error(where, f"{_show(original)} is not {rule}; write e.g. {example}"
+                            ) from None
     if not _is_number(value):
-        raise ctx.error(where, f"{_show(original)} is not {rule}; write e.g. 1.0e-3")
+        raise ctx.error(where, f"{_show(original)} is not {rule}; write e.g. {example}")
     value = float(value)
     if not math.isfinite(value):
         raise ctx.error(where, f"{_show(original)} is not {rule}; use a finite number")
@@ -373,8 +386,10 @@ def _integer(ctx: _Ctx, where: str, value: Any, *, minimum: int | None = None,
     if not ok:
         raise ctx.error(where, f"{_show(value)} is not {rule}; write a whole number")
     value = int(value)
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise ctx.error(where, f"{value} is out of range: it must be {rule}")
+    if minimum is not None and value < minimum:
+        raise ctx.error(where, f"{value} is too small; it must be {rule}")
+    if maximum is not None and value > maximum:
+        raise ctx.error(where, f"{value} is too large; it must be {rule}")
     return value
 
 
@@ -586,7 +601,8 @@ def _parse_budget(ctx: _Ctx, raw: Mapping[str, Any]) -> tuple[int | None, float 
                             rule="an integer >= 1 (or null with a timeout)")
     timeout = raw.get("timeout")
     if timeout is not None:
-        timeout = _number(ctx, "timeout", timeout, "a number of seconds > 0 (or null)")
+        timeout = _number(ctx, "timeout", timeout, "a number of seconds > 0 (or null)",
+                          "7200")
         if timeout <= 0:
             raise ctx.error("timeout", f"{timeout:g} is not > 0; give the study's time budget "
                                        "in seconds, e.g. 7200, or null")
@@ -815,6 +831,9 @@ def _parse_range(ctx: _Ctx, where: str, key: str, kind: str, raw: Mapping[str, A
     if step is not None:
         span = high - low
         n = span / step
+        if n > 1e9:  # optuna's grid arithmetic (decimal, 28 digits) fails far beyond this
+            raise ctx.error(where, f"step {step:g} cuts [{low:g}, {high:g}] into {n:.3g} values, "
+                                   "but at most 1e9 are allowed; use a larger step or null")
         if abs(n - round(n)) > 1e-6 * max(1.0, abs(n)):
             fit = low + math.floor(n) * step
             raise ctx.error(where, f"high - low ({span:g}) is not a multiple of step "
@@ -1032,7 +1051,7 @@ def _enqueued_mix(ctx: _Ctx, where: str, p: ParamSpec, value: Any) -> dict[str, 
             raise ctx.error(where, f"'{name}' is not part of this study's loss mix"
                                    f"{_hint(name, allowed)} ({p.mixed} mixed with one of "
                                    f"{', '.join(p.rest or ())}); use those losses")
-        w = _number(ctx, f"{where}: {name}", w, "a weight >= 0")
+        w = _number(ctx, f"{where}: {name}", w, "a weight >= 0", "0.5")
         if w < 0:
             raise ctx.error(f"{where}: {name}", f"{w:g} is negative; weights must be >= 0")
         weights[name] = w

@@ -46,7 +46,7 @@ def test_launch_runs_the_smoke_study(smoke):
     for name in ("config.yaml", "best.pt", "last.pt", "val_probs.npy", "confusion.png"):
         assert (store / trial.user_attrs["artifacts"][name]).is_file(), name
     # trial 0 is the study file's enqueued recipe
-    assert study.trials[0].params["optim.lr"] == pytest.approx(3e-3)
+    assert study.trials[0].params["optim.lr"] == pytest.approx(1e-2)
 
 
 @pytest.mark.slow
