@@ -92,9 +92,10 @@ def launch(study_name, train_dir, n_trials, timeout, gpus, workers, heartbeat, s
     from hpo.progress import watch
     from hpo.spec import load_study_spec
     from hpo.storage import mask_url, resolve_storage_url
-    from hpo.worker import open_study
+    from hpo.worker import check_data, open_study
 
     spec = load_study_spec(study_name)
+    check_data(spec, train_dir)
     url = resolve_storage_url(storage)
     study = open_study(spec, storage=url, train_dir=train_dir, heartbeat_interval=heartbeat)
     target = n_trials or spec.n_trials

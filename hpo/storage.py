@@ -134,7 +134,7 @@ def open_storage(
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
         host = f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
         reason = _reason(exc)
-        if "password" in reason.lower() or "authentication" in reason.lower():
+        if any(w in reason.lower() for w in ("password", "authentication", "role ")):
             raise StorageError(f"the study database at {masked} refused the login "
                                f"({reason}); check the user and password in --storage or "
                                "HPO_STORAGE") from None

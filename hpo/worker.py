@@ -28,7 +28,14 @@ from hpo.space import enqueue_params
 from hpo.spec import StudySpec, create_pruner, create_sampler
 from hpo.storage import mask_url, open_storage, resolve_storage_url, with_retries
 
-__all__ = ["Budget", "open_study", "budget_state", "run_worker", "install_stop_signals"]
+__all__ = [
+    "Budget",
+    "budget_state",
+    "check_data",
+    "install_stop_signals",
+    "open_study",
+    "run_worker",
+]
 
 log = logging.getLogger("hpo")
 _SPLIT_ATTR = "hpo_split"
@@ -102,6 +109,23 @@ def _comparable(split: dict[str, Any]) -> dict[str, Any]:
     return {**split, "train_dir": os.path.basename(os.path.normpath(split["train_dir"]))}
 
 
+def check_data(spec: StudySpec, train_dir: str | None = None) -> int:
+    """Scan the study's training folder before any trial starts; returns the image count.
+
+    A wrong folder is one error now, not the same failure in every trial.
+
+    Raises:
+        DataError: missing folder, no parsable person folders, a person missing an image.
+    """
+    from trainer.layout import scan_train
+
+    fixed_data = spec.fixed.get("data") or {}
+    frame = scan_train(train_dir or spec.data["train_dir"],
+                       age_bins=tuple(fixed_data.get("age_bins", (30, 60))),
+                       relabel_csv=fixed_data.get("relabel_csv"))
+    return len(frame)
+
+
 def budget_state(study: optuna.Study) -> tuple[int, int, int]:
     """(lineages so far, trials waiting, trials running)."""
     trials = study.get_trials(deepcopy=False)
@@ -145,6 +169,8 @@ def run_worker(
         KeyboardInterrupt: on Ctrl-C or SIGTERM, after the running trial was recorded FAIL.
     """
     budget = budget or Budget(spec.n_trials, spec.timeout)
+    if fit is None:  # a stand-in trainer (storage benchmark) reads no data
+        check_data(spec, train_dir)
     study = open_study(spec, storage=storage, train_dir=train_dir,
                        heartbeat_interval=heartbeat_interval)
     objective = Objective(spec, ArtifactPaths(artifacts), train_dir=train_dir, fit=fit)
