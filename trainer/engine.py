@@ -216,7 +216,10 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
 def _loader(dataset: _BatchSet, sampler: _EpochBatches, workers: int, pin: bool):
     kwargs: dict[str, Any] = {}
     if workers > 0:
-        kwargs = {"persistent_workers": True, "prefetch_factor": 4}
+        # forkserver, not fork: a forked worker inherits locks held by other threads of the
+        # trial process (Optuna's heartbeat, loggers) and can hang on them forever.
+        kwargs = {"persistent_workers": True, "prefetch_factor": 4,
+                  "multiprocessing_context": "forkserver"}
     return torch.utils.data.DataLoader(dataset, batch_size=None, sampler=sampler,
                                        num_workers=workers, pin_memory=pin, **kwargs)
 

@@ -94,8 +94,8 @@ def test_status_of_a_study_never_launched(tmp_path):
         out.stderr
 
 
-def test_unreachable_database_at_start(tmp_path):
-    out = cli("launch", "--study", "smoke", "--storage",
+def test_unreachable_database_at_start(tiny_data):
+    out = cli("launch", "--study", "smoke", "--data", str(tiny_data / "train"), "--storage",
               "postgresql://hpo:hunter2@127.0.0.1:1/studies")
     assert out.returncode == 1
     assert "cannot reach the study database at 127.0.0.1:1" in out.stderr

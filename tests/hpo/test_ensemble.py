@@ -242,7 +242,7 @@ def test_promote_writes_a_manifest_that_round_trips(run):
         ckpt = load_checkpoint(stored)
         assert m["preprocessing"] == {"img_size": [64, 48], "crop": None,
                                       "mean": list(ckpt["mean"]), "std": list(ckpt["std"])}
-        assert m["model"] == "test_resnet" and m["params"] == trial.params
+        assert m["model"] == "test_efficientnet" and m["params"] == trial.params
         assert m["metrics"]["f1"] == trial.user_attrs["metrics"]["f1"]
         mixed = mixed + m["weight"] * np.load(store.stored_path(trial, "val_probs.npy"))
     # the reported figures are the trainer's own macro-F1 of the weighted probabilities
@@ -255,7 +255,7 @@ def test_promote_writes_a_manifest_that_round_trips(run):
     table = result.table()
     assert "ensemble round-trip of study ens: topk, 2 member(s)" in table
     for m in manifest["members"]:
-        assert f"{m['trial']:>5}  test_resnet" in table
+        assert f"{m['trial']:>5}  test_efficientnet" in table
     assert "ensemble gain on B" in table
 
     summary = run.study().user_attrs["ensemble:round-trip"]

@@ -142,3 +142,12 @@ def test_cli_bad_input_is_one_line(tiny_data, tmp_path, edit, message):
     assert out.returncode == 1
     assert out.stderr.startswith(message), out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_loader_workers_give_the_same_run(tiny_cfg, tmp_path):
+    """Each batch's augmentation is seeded from (seed, epoch, batch), not from the process."""
+    kwargs = {"epochs": 2, "data__augmentation": "teams", "data__mixup": 0.5}
+    inline = fit(tiny_cfg(output_dir=str(tmp_path / "a"), data__num_workers=0, **kwargs))
+    workers = fit(tiny_cfg(output_dir=str(tmp_path / "b"), data__num_workers=2, **kwargs))
+    assert [h["train_loss"] for h in inline.history] == [h["train_loss"] for h in workers.history]
+    assert np.array_equal(inline.val_probs, workers.val_probs)
