@@ -109,8 +109,8 @@ def launch(study_name, train_dir, n_trials, timeout, gpus, workers, heartbeat, s
         if value is not None:
             argv += [flag, str(value)]
     procs = []
-    for device in devices:
-        env = dict(os.environ)
+    for index, device in enumerate(devices):
+        env = {**os.environ, "HPO_WORKER_INDEX": str(index)}
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device
         # own session: a terminal's Ctrl-C reaches only us; we forward one SIGTERM each
@@ -162,12 +162,12 @@ def worker(study_name, train_dir, n_trials, timeout, heartbeat, storage, artifac
     FAIL (it is retried from its last checkpoint later).
     """
     from hpo.spec import load_study_spec
-    from hpo.worker import Budget, worker_main
+    from hpo.worker import Budget, worker_main, worker_seed_offset
 
     spec = load_study_spec(study_name)
     code = worker_main(spec, storage=storage, artifacts=artifacts, train_dir=train_dir,
                        budget=Budget(n_trials or spec.n_trials, timeout or spec.timeout),
-                       heartbeat_interval=heartbeat)
+                       heartbeat_interval=heartbeat, seed_offset=worker_seed_offset())
     sys.exit(code)
 
 

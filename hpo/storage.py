@@ -68,20 +68,77 @@ def _prepare_sqlite(url: str) -> dict:
     return {"connect_args": {"timeout": 60}}
 
 
-class _ResilientStorage(RDBStorage):
-    """RDBStorage whose heartbeat survives a short database outage.
+_LOST = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+# Calls that are safe to repeat after a lost connection (reads, and writes that set a value).
+# create_new_trial is not: a repeat after a commit whose answer was lost would leave a RUNNING
+# trial nobody owns; its caller (the worker loop) retries the whole trial instead.
+_IDEMPOTENT = (
+    "get_all_studies", "get_all_trials", "get_best_trial", "get_n_trials",
+    "get_study_directions", "get_study_id_from_name", "get_study_name_from_id",
+    "get_study_system_attrs", "get_study_user_attrs", "get_trial", "get_trial_id_from_study_id_"
+    "trial_number", "get_trial_number_from_id", "get_trial_param", "get_trial_params",
+    "get_trial_system_attrs", "get_trial_user_attrs", "set_study_system_attr",
+    "set_study_user_attr", "set_trial_intermediate_value", "set_trial_param",
+    "set_trial_system_attr", "set_trial_user_attr", "check_trial_is_updatable",
+)
 
-    Optuna records heartbeats from a background thread; one failed write would end that thread
-    and let a live trial look dead, so another worker would retry it while it still runs.
+
+class _ResilientStorage(RDBStorage):
+    """RDBStorage that rides out a short database outage (a restart, a failover).
+
+    Idempotent calls are retried with exponential backoff for about a minute, so a trial that
+    reports an epoch or records its results during a restart is not lost. The heartbeat never
+    raises: one failed write would end Optuna's heartbeat thread and make a live trial look
+    dead, so another worker would retry it while it still runs.
     """
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
             super().record_heartbeat(trial_id)
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
-                sqlalchemy.exc.DBAPIError) as exc:
+        except (*_LOST, sqlalchemy.exc.DBAPIError) as exc:
             log.warning("heartbeat of trial %d not recorded (%s); will try again", trial_id,
                         _reason(exc))
+
+    def set_trial_state_values(self, trial_id, state, values=None) -> bool:
+        def attempt() -> bool:
+            try:
+                return RDBStorage.set_trial_state_values(self, trial_id, state, values)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # the first try committed but its answer was lost: done if the state matches
+                if self.get_trial(trial_id).state == state:
+                    return True
+                raise
+        return _retry(attempt, what=f"recording trial state {state.name}")
+
+
+def _retry(fn: Callable[[], _T], *, what: str, attempts: int = 9) -> _T:
+    delay = 0.5
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except _LOST as exc:
+            if attempt == attempts:
+                raise
+            log.warning("database unavailable while %s (%s); retrying in %.1f s", what,
+                        _reason(exc), delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+    raise AssertionError("unreachable")
+
+
+def _retrying(name: str):
+    method = getattr(RDBStorage, name)
+
+    def call(self, *args, **kwargs):
+        return _retry(lambda: method(self, *args, **kwargs), what=name.replace("_", " "))
+
+    call.__name__ = name
+    call.__doc__ = method.__doc__
+    return call
+
+
+for _name in _IDEMPOTENT:
+    setattr(_ResilientStorage, _name, _retrying(_name))
 
 
 def _reason(exc: BaseException) -> str:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import time
+import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
@@ -25,7 +27,7 @@ from hpo.artifacts import ArtifactPaths
 from hpo.errors import HpoError
 from hpo.objective import Objective
 from hpo.space import enqueue_params
-from hpo.spec import StudySpec, create_pruner, create_sampler
+from hpo.spec import SamplerSpec, StudySpec, create_pruner, create_sampler
 from hpo.storage import mask_url, open_storage, resolve_storage_url, with_retries
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "install_stop_signals",
     "open_study",
     "run_worker",
+    "worker_seed_offset",
 ]
 
 log = logging.getLogger("hpo")
@@ -65,6 +68,7 @@ def open_study(
     train_dir: str | None = None,
     heartbeat_interval: int | None = 30,
     create: bool = True,
+    seed_offset: int = 0,
 ) -> optuna.Study:
     """Create the study named after the spec, or load it if it exists (never starts over).
 
@@ -84,8 +88,10 @@ def open_study(
         if spec.name not in names:
             raise HpoError(f"study {spec.name!r} does not exist in {mask_url(url)}; start it "
                            f"with: hpo launch --study {spec.name}")
+    # Parallel workers with one seed would all propose the same settings: each gets its own.
+    sampler_spec = _offset_seed(spec.sampler, seed_offset)
     study = with_retries(lambda: optuna.create_study(
-        study_name=spec.name, storage=store, sampler=create_sampler(spec.sampler),
+        study_name=spec.name, storage=store, sampler=create_sampler(sampler_spec),
         pruner=create_pruner(spec.pruner), direction=spec.direction, load_if_exists=True,
     ), what="opening the study")
     split = _split_of(spec, train_dir)
@@ -101,6 +107,26 @@ def open_study(
                        f"{split}; every trial must validate on the same people: restore the "
                        "study file's data section (or --data), or rename the study")
     return study
+
+
+def worker_seed_offset() -> int:
+    """Which worker this process is, for its sampler seed (see :func:`open_study`).
+
+    ``hpo launch`` numbers its workers (``HPO_WORKER_INDEX``): worker 0 keeps the study file's
+    seed, so a one-worker study is reproducible. A worker started by hand on another machine
+    takes an offset from its host name and process id.
+    """
+    index = os.environ.get("HPO_WORKER_INDEX", "")
+    if index.isdigit():
+        return int(index)
+    return zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 100_003 + 1
+
+
+def _offset_seed(sampler: SamplerSpec, offset: int) -> SamplerSpec:
+    seed = sampler.options.get("seed")
+    if seed is None or offset == 0:
+        return sampler
+    return replace(sampler, options={**sampler.options, "seed": (seed + 7919 * offset) % 2**32})
 
 
 def _comparable(split: dict[str, Any]) -> dict[str, Any]:
@@ -159,6 +185,7 @@ def run_worker(
     heartbeat_interval: int | None = 30,
     fit: Callable | None = None,
     on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
+    seed_offset: int = 0,
 ) -> int:
     """Run trials of the study until its budget is met; returns how many this worker ran.
 
@@ -172,7 +199,7 @@ def run_worker(
     if fit is None:  # a stand-in trainer (storage benchmark) reads no data
         check_data(spec, train_dir)
     study = open_study(spec, storage=storage, train_dir=train_dir,
-                       heartbeat_interval=heartbeat_interval)
+                       heartbeat_interval=heartbeat_interval, seed_offset=seed_offset)
     objective = Objective(spec, ArtifactPaths(artifacts), train_dir=train_dir, fit=fit)
     started = time.monotonic()
     ran = 0

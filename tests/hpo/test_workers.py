@@ -73,3 +73,25 @@ def test_pruning_really_prunes(tiny_data, tmp_path):
     assert all(len(t.intermediate_values) < 3 for t in pruned)
     good = [t for t in study.trials if t.params["optim.lr"] == 0.003]
     assert all(t.state == TrialState.COMPLETE for t in good)
+
+
+def test_parallel_workers_sample_with_different_seeds(tmp_path, monkeypatch):
+    from hpo.worker import open_study, worker_seed_offset
+
+    spec = load_study_spec("smoke")
+    monkeypatch.setenv("HPO_WORKER_INDEX", "0")
+    assert worker_seed_offset() == 0
+    monkeypatch.setenv("HPO_WORKER_INDEX", "3")
+    assert worker_seed_offset() == 3
+    monkeypatch.delenv("HPO_WORKER_INDEX")
+    assert worker_seed_offset() > 0  # a worker started by hand: from host and pid
+    storage = f"sqlite:///{tmp_path}/s.db"
+    proposals = []
+    for offset in (0, 0, 1):
+        study = open_study(spec, storage=storage, heartbeat_interval=None, seed_offset=offset,
+                           train_dir="demo/train")
+        trial = study.sampler.sample_independent(
+            study, study.ask(), "x", optuna.distributions.FloatDistribution(0, 1))
+        proposals.append(trial)
+    assert proposals[0] == proposals[1]  # worker 0 keeps the study file's seed
+    assert proposals[2] != proposals[0]
