@@ -127,13 +127,12 @@ def _retry(fn: Callable[[], _T], *, what: str, attempts: int = 9) -> _T:
 
 
 def _retrying(name: str):
-    method = getattr(RDBStorage, name)
-
     def call(self, *args, **kwargs):
+        method = getattr(RDBStorage, name)
         return _retry(lambda: method(self, *args, **kwargs), what=name.replace("_", " "))
 
     call.__name__ = name
-    call.__doc__ = method.__doc__
+    call.__doc__ = getattr(RDBStorage, name).__doc__
     return call
 
 
