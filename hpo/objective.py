@@ -117,7 +117,8 @@ class Objective:
             trial.report(value, epoch)
             trial.set_user_attr("progress", {"epoch": epoch, "epochs": cfg.epochs,
                                              spec.metric: round(value, 5)})
-            if trial.should_prune():
+            # After the last epoch the training is done: keep the result rather than prune it.
+            if epoch < cfg.epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}: {spec.metric} {value:.4f}")
 
         self.current_trial = trial.number
