@@ -102,7 +102,8 @@ def launch(study_name, train_dir, n_trials, timeout, gpus, workers, heartbeat, s
     click.echo(f"study {spec.name} in {mask_url(url)}: {len(study.trials)} trials so far, "
                f"target {target or 'none'}, timeout {timeout or spec.timeout or 'none'}")
     devices = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else [None] * workers
-    argv = [sys.executable, "-m", "hpo.cli", "worker", "--study", spec.path, "--storage", url,
+    # The URL travels in the environment, not argv: `ps` would show a password in argv.
+    argv = [sys.executable, "-m", "hpo.cli", "worker", "--study", spec.path,
             "--heartbeat", str(heartbeat)]
     for flag, value in (("--data", train_dir), ("--n-trials", n_trials),
                         ("--timeout", timeout), ("--artifacts", artifacts)):
@@ -110,7 +111,7 @@ def launch(study_name, train_dir, n_trials, timeout, gpus, workers, heartbeat, s
             argv += [flag, str(value)]
     procs = []
     for index, device in enumerate(devices):
-        env = {**os.environ, "HPO_WORKER_INDEX": str(index)}
+        env = {**os.environ, "HPO_WORKER_INDEX": str(index), "HPO_STORAGE": url}
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device
         # own session: a terminal's Ctrl-C reaches only us; we forward one SIGTERM each
