@@ -23,6 +23,7 @@ from hpo.errors import StorageError
 
 __all__ = [
     "DEFAULT_STORAGE",
+    "MAX_RETRY",
     "mask_url",
     "resolve_storage_url",
     "open_storage",
@@ -32,6 +33,7 @@ __all__ = [
 
 log = logging.getLogger("hpo")
 DEFAULT_STORAGE = "sqlite:///hpo.db"
+MAX_RETRY = 3  # retries of a trial whose worker died or was stopped
 _T = TypeVar("_T")
 _DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
 
@@ -111,12 +113,14 @@ class _ResilientStorage(RDBStorage):
         return _retry(attempt, what=f"recording trial state {state.name}")
 
 
-def _retry(fn: Callable[[], _T], *, what: str, attempts: int = 9) -> _T:
+def _retry(fn: Callable[[], _T], *, what: str, attempts: int = 9,
+           errors: tuple[type[BaseException], ...] = _LOST) -> _T:
+    """Call ``fn``; on ``errors`` wait (exponential backoff) and try again; re-raise the last."""
     delay = 0.5
     for attempt in range(1, attempts + 1):
         try:
             return fn()
-        except _LOST as exc:
+        except errors as exc:
             if attempt == attempts:
                 raise
             log.warning("database unavailable while %s (%s); retrying in %.1f s", what,
@@ -151,7 +155,7 @@ def open_storage(
     *,
     heartbeat_interval: int | None = 30,
     grace_period: int | None = None,
-    max_retry: int = 3,
+    max_retry: int = MAX_RETRY,
 ) -> RDBStorage:
     """Open (and create if needed) the study storage.
 
@@ -203,23 +207,17 @@ def open_storage(
         raise StorageError(f"study database {masked}: {_reason(exc)}") from None
 
 
-def with_retries(fn: Callable[[], _T], *, what: str, attempts: int = 8,
-                 first_delay: float = 0.5) -> _T:
-    """Call ``fn``; on a lost database connection wait (exponential backoff) and try again."""
-    delay = first_delay
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
-                sqlalchemy.exc.DBAPIError) as exc:
-            if attempt == attempts:
-                raise StorageError(f"lost the study database while {what} after {attempts} "
-                                   f"tries: {_reason(exc)}") from None
-            log.warning("database unavailable while %s (%s); retrying in %.1f s", what,
-                        _reason(exc), delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 15.0)
-    raise AssertionError("unreachable")
+def with_retries(fn: Callable[[], _T], *, what: str, attempts: int = 8) -> _T:
+    """Call ``fn``; on a lost database connection wait (exponential backoff) and try again.
+
+    Raises:
+        StorageError: the database stayed away for all ``attempts``.
+    """
+    try:
+        return _retry(fn, what=what, attempts=attempts, errors=(sqlalchemy.exc.DBAPIError,))
+    except sqlalchemy.exc.DBAPIError as exc:
+        raise StorageError(f"lost the study database while {what} after {attempts} "
+                           f"tries: {_reason(exc)}") from None
 
 
 def quiet_optuna() -> None:

@@ -28,7 +28,7 @@ from hpo.errors import HpoError
 from hpo.objective import Objective
 from hpo.space import enqueue_params
 from hpo.spec import SamplerSpec, StudySpec, create_pruner, create_sampler
-from hpo.storage import mask_url, open_storage, resolve_storage_url, with_retries
+from hpo.storage import MAX_RETRY, mask_url, open_storage, resolve_storage_url, with_retries
 
 __all__ = [
     "Budget",
@@ -42,7 +42,6 @@ __all__ = [
 
 log = logging.getLogger("hpo")
 _SPLIT_ATTR = "hpo_split"
-_MAX_RETRY = 3
 
 
 @dataclass(frozen=True)
@@ -237,7 +236,7 @@ def _retry_interrupted(study: optuna.Study, number: int | None) -> None:
     try:
         trial = study.get_trials(deepcopy=False)[number]
         if trial.state == TrialState.FAIL:
-            RetryHeartbeatStaleTrialCallback(max_retry=_MAX_RETRY)(study, trial)
+            RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trial)
     except Exception as exc:  # stopping must not fail because the database is away
         log.warning("could not queue a retry of trial %s: %s", number, exc)
 
