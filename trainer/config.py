@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from trainer.errors import ConfigError
+from trainer.layout import COMPETITION_AGE_BINS
 
 __all__ = [
     "DataConfig",
@@ -42,6 +43,8 @@ class DataConfig:
 
     ``img_size`` and ``crop`` are (height, width). ``crop`` is a center crop applied to the
     original photo before resizing (the teams cropped 384x512 photos to the face region).
+    ``age_bins`` are the age thresholds the run *trains* with (e.g. [30, 58]); the split and
+    every validation metric use the competition's (``COMPETITION_AGE_BINS``, [30, 60]).
     """
 
     train_dir: str = "data/train"
@@ -51,7 +54,7 @@ class DataConfig:
     n_folds: int = 5
     fold: int | None = None
     split_seed: int = 0
-    age_bins: tuple[int, int] = (30, 60)
+    age_bins: tuple[int, int] = COMPETITION_AGE_BINS
     relabel_csv: str | None = None
     cache_dir: str | None = None
     augmentation: str = "basic"

@@ -9,10 +9,17 @@ import torch
 import yaml
 
 from tests.conftest import REPO, tiny_raw
-from trainer.config import config_from_dict, load_config
-from trainer.engine import TrainingDiverged, fit, load_checkpoint, predict, prepare_data
-from trainer.errors import DataError
-from trainer.metrics import METRIC_NAMES
+from trainer import (
+    METRIC_NAMES,
+    DataError,
+    TrainingDiverged,
+    config_from_dict,
+    fit,
+    load_checkpoint,
+    load_config,
+    predict,
+    prepare_data,
+)
 
 
 def test_one_epoch_fit_returns_every_metric(tiny_cfg):
