@@ -9,9 +9,15 @@
 
 Label = mask * 6 + gender * 3 + age_bin with mask 0 worn, 1 incorrect, 2 not worn; gender
 0 male, 1 female; age_bin 0 below ``age_bins[0]``, 1 below ``age_bins[1]``, else 2.
+
+A run may train with other age thresholds (teams moved "old" from 60 to 58 or 59), but it is
+always validated on the competition's (:data:`COMPETITION_AGE_BINS`): :func:`scan_train` gives
+every image both labels, computed from the person's real age after the relabel CSV's fixes.
 """
 from __future__ import annotations
 
+import csv
+import io
 import re
 from pathlib import Path
 
@@ -21,6 +27,7 @@ import pandas as pd
 from trainer.errors import DataError
 
 __all__ = [
+    "COMPETITION_AGE_BINS",
     "IMAGE_STEMS",
     "IMAGE_EXTENSIONS",
     "NUM_CLASSES",
@@ -34,6 +41,9 @@ __all__ = [
 ]
 
 NUM_CLASSES = 18
+# The competition's age classes: under 30, 30-59, 60 and over. Every F1 a study reports is
+# scored on these, whatever thresholds a trial trains with.
+COMPETITION_AGE_BINS: tuple[int, int] = (30, 60)
 # mask1..mask5 are worn correctly (0), incorrect_mask is 1, normal (no mask) is 2.
 IMAGE_STEMS: dict[str, int] = {
     "mask1": 0, "mask2": 0, "mask3": 0, "mask4": 0, "mask5": 0, "incorrect_mask": 1, "normal": 2,
@@ -44,7 +54,8 @@ _FOLDER = re.compile(r"^(?P<id>[^_]+)_(?P<gender>[A-Za-z]+)_(?P<race>[^_]+)_(?P<
 _FOLDER_HELP = "<id>_<male|female>_<race>_<age>, e.g. 000001_female_Asian_45"
 
 
-def age_bin(age: int | np.ndarray, age_bins: tuple[int, int] = (30, 60)) -> int | np.ndarray:
+def age_bin(age: int | np.ndarray,
+            age_bins: tuple[int, int] = COMPETITION_AGE_BINS) -> int | np.ndarray:
     """0 below ``age_bins[0]``, 1 below ``age_bins[1]``, 2 otherwise (vectorised)."""
     lo, hi = age_bins
     if isinstance(age, np.ndarray):
@@ -122,22 +133,63 @@ def read_relabel(path: str | Path) -> pd.DataFrame:
     return df
 
 
+def _relabelled(relabel: pd.DataFrame | None, pid: str, gender: int,
+                age: int) -> tuple[int, int] | None:
+    """The person's (gender, age) after the relabel CSV's fixes; ``None`` when it drops them."""
+    if relabel is None or pid not in relabel.index:
+        return gender, age
+    fix = relabel.loc[pid]
+    if isinstance(fix, pd.DataFrame):
+        fix = fix.iloc[-1]  # the last row for an id wins
+    if "drop" in fix and not pd.isna(fix["drop"]) and bool(int(fix["drop"])):
+        return None
+    if "gender" in fix and not pd.isna(fix["gender"]):
+        gender = GENDERS[str(fix["gender"])]
+    if "age" in fix and not pd.isna(fix["age"]):
+        age = int(fix["age"])
+    return gender, age
+
+
+def _person_rows(folder: Path, pid: str, *, gender: int, age: int,
+                 age_bins: tuple[int, int]) -> list[dict]:
+    """The 7 image rows of one person, with the training and the competition labels."""
+    files = _image_files(folder)
+    missing = [s for s in IMAGE_STEMS if s not in files]
+    if missing:
+        raise DataError(f"person folder {folder.name} lacks {', '.join(missing)} (each "
+                        "person needs mask1..mask5, incorrect_mask and normal as "
+                        "jpg/jpeg/png); add the images, or drop the person in "
+                        "data.relabel_csv")
+    a_cls, c_cls = age_bin(age, age_bins), age_bin(age, COMPETITION_AGE_BINS)
+    return [{
+        "path": str(files[stem]), "person": folder.name, "id": pid, "gender": gender,
+        "age": age, "mask": mask, "age_class": a_cls, "label": encode_label(mask, gender, a_cls),
+        "competition_age_class": c_cls, "competition_label": encode_label(mask, gender, c_cls),
+        "stem": stem,
+    } for stem, mask in IMAGE_STEMS.items()]
+
+
 def scan_train(
     train_dir: str | Path,
     *,
-    age_bins: tuple[int, int] = (30, 60),
+    age_bins: tuple[int, int] = COMPETITION_AGE_BINS,
     relabel_csv: str | Path | None = None,
 ) -> pd.DataFrame:
     """List every training image with its person and label.
 
     Args:
         train_dir: the dataset root, its ``train/`` folder or ``train/images/``.
-        age_bins: the two age thresholds (teams moved "old" from 60 to 58 or 59).
-        relabel_csv: optional fixes: ``id`` and new ``gender``/``age``, or ``drop`` = 1.
+        age_bins: the two age thresholds to train with (teams moved "old" from 60 to 58 or
+            59); they decide ``age_class`` and ``label`` only.
+        relabel_csv: optional fixes: ``id`` and new ``gender``/``age``, or ``drop`` = 1. They
+            apply before either label is computed, so both carry them.
 
     Returns:
         One row per image, sorted by person then image: ``path``, ``person`` (folder name),
-        ``id``, ``gender``, ``age``, ``mask``, ``age_class``, ``label``, ``stem``.
+        ``id``, ``gender``, ``age`` (the real age, after relabelling), ``mask``, ``age_class``
+        and ``label`` (the training label, with ``age_bins``), ``competition_age_class`` and
+        ``competition_label`` (with :data:`COMPETITION_AGE_BINS`: what validation scores),
+        ``stem``.
 
     Raises:
         DataError: a folder name that does not parse, a person missing one of the 7 images,
@@ -160,31 +212,11 @@ def scan_train(
             raise DataError(f"person id {pid} is used by two folders ({seen_ids[pid]} and "
                             f"{folder.name}); give one a suffix such as {pid}-1")
         seen_ids[pid] = folder.name
-        gender = GENDERS[gender_word]
-        if relabel is not None and pid in relabel.index:
-            fix = relabel.loc[pid]
-            if isinstance(fix, pd.DataFrame):
-                fix = fix.iloc[-1]
-            if "drop" in fix and not pd.isna(fix["drop"]) and bool(int(fix["drop"])):
-                continue
-            if "gender" in fix and not pd.isna(fix["gender"]):
-                gender = GENDERS[str(fix["gender"])]
-            if "age" in fix and not pd.isna(fix["age"]):
-                age = int(fix["age"])
-        files = _image_files(folder)
-        missing = [s for s in IMAGE_STEMS if s not in files]
-        if missing:
-            raise DataError(f"person folder {folder.name} lacks {', '.join(missing)} (each "
-                            "person needs mask1..mask5, incorrect_mask and normal as "
-                            "jpg/jpeg/png); add the images, or drop the person in "
-                            "data.relabel_csv")
-        a_cls = age_bin(age, age_bins)
-        for stem, mask in IMAGE_STEMS.items():
-            rows.append({
-                "path": str(files[stem]), "person": folder.name, "id": pid, "gender": gender,
-                "age": age, "mask": mask, "age_class": a_cls,
-                "label": encode_label(mask, gender, a_cls), "stem": stem,
-            })
+        person = _relabelled(relabel, pid, GENDERS[gender_word], age)
+        if person is None:
+            continue
+        gender, age = person
+        rows += _person_rows(folder, pid, gender=gender, age=age, age_bins=age_bins)
     if not rows:
         raise DataError(f"no person folders in {images_dir}; expected folders named "
                         f"{_FOLDER_HELP} holding 7 images each")
@@ -194,11 +226,22 @@ def scan_train(
 def read_eval(eval_dir: str | Path) -> pd.DataFrame:
     """Read ``eval/info.csv`` and resolve each ImageID under ``eval/images``.
 
+    info.csv comes with the data, so it is read as untrusted input: it must be UTF-8 CSV whose
+    rows have no more fields than its header, and every ImageID must name a file inside
+    ``eval/images`` (no ``..`` part, not absolute). The check is on the name itself: symbolic
+    links that the folder's owner put inside ``images/`` are followed as usual.
+
+    Args:
+        eval_dir: the eval folder (holding ``info.csv`` and ``images/``) or the dataset root
+            above it.
+
     Returns:
         ``ImageID`` and ``path`` in the order of info.csv.
 
     Raises:
-        DataError: no info.csv, an empty one, a duplicate ImageID, or a missing image.
+        DataError: no info.csv, an empty one, one that is not UTF-8 or not CSV, a row with more
+            fields than the header or a blank ImageID, a duplicate ImageID, an ImageID outside
+            ``images/``, or a missing image.
     """
     root = Path(eval_dir).expanduser()
     info = root / "info.csv"
@@ -207,23 +250,73 @@ def read_eval(eval_dir: str | Path) -> pd.DataFrame:
     if not info.is_file():
         raise DataError(f"{info} does not exist; point --data at the eval folder holding "
                         "info.csv and images/")
-    try:
-        df = pd.read_csv(info, dtype={"ImageID": str})
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{info} is empty; it must list ImageID,ans with one row per image")\
-            from None
-    if "ImageID" not in df.columns:
-        raise DataError(f"{info} has no ImageID column (columns: {', '.join(df.columns)}); "
-                        "the competition's info.csv is ImageID,ans")
-    if df.empty:
+    rows = _info_rows(info)
+    if not rows:
         raise DataError(f"{info} lists no images; it must list ImageID,ans with one row per image")
-    dup = df["ImageID"][df["ImageID"].duplicated()]
+    ids = pd.Series([name for _, name in rows], dtype=object)
+    dup = ids[ids.duplicated()]
     if len(dup):
         raise DataError(f"{info} lists ImageID {dup.iloc[0]} more than once "
-                        f"({int(df['ImageID'].duplicated().sum())} duplicates); remove them")
-    paths = [root / "images" / name for name in df["ImageID"]]
+                        f"({int(ids.duplicated().sum())} duplicates); remove them")
+    images = root / "images"
+    paths = [_eval_image(images, name, info=info, line=line) for line, name in rows]
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise DataError(f"eval image {missing[0]} is missing ({len(missing)} of {len(paths)} "
                         "listed in info.csv are missing); restore it or remove its row")
-    return pd.DataFrame({"ImageID": df["ImageID"], "path": [str(p) for p in paths]})
+    return pd.DataFrame({"ImageID": ids, "path": [str(p) for p in paths]})
+
+
+def _info_text(info: Path) -> str:
+    try:
+        data = info.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {info}: {exc.strerror}; check its permissions") from None
+    if not data.strip():
+        raise DataError(f"{info} is empty; it must list ImageID,ans with one row per image")
+    try:
+        return data.decode("utf-8-sig")  # a byte-order mark (Excel's "CSV UTF-8") is fine
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise DataError(f"{info} line {line} is not UTF-8 text (byte {exc.start}); save "
+                        "info.csv as UTF-8") from None
+
+
+def _info_rows(info: Path) -> list[tuple[int, str]]:
+    """``(line number, ImageID)`` of every row of info.csv, blank lines skipped."""
+    reader = csv.reader(io.StringIO(_info_text(info), newline=""))
+    try:
+        header = next((row for row in reader if row), [])
+        names = [h.strip() for h in header]
+        if "ImageID" not in names:
+            raise DataError(f"{info} has no ImageID column (columns: {', '.join(names)}); "
+                            "the competition's info.csv is ImageID,ans")
+        col, rows = names.index("ImageID"), []
+        for row in reader:
+            if not row:
+                continue
+            line = reader.line_num
+            if len(row) > len(names):
+                raise DataError(
+                    f"{info} line {line} has {len(row)} fields, but its header "
+                    f"({','.join(names)}) has {len(names)}; remove the extra field (quote an "
+                    "ImageID that holds a comma)")
+            name = row[col] if col < len(row) else ""
+            if not name.strip():
+                raise DataError(f"{info} line {line} has a blank ImageID; write the image's "
+                                "file name there or remove the row")
+            rows.append((line, name))
+    except csv.Error as exc:
+        raise DataError(f"{info} line {reader.line_num} is not valid CSV ({exc}); write it "
+                        "as ImageID,ans with one row per image") from None
+    return rows
+
+
+def _eval_image(images: Path, name: str, *, info: Path, line: int) -> Path:
+    """``images / name``, refusing a name that would leave ``images`` (checked lexically)."""
+    parts = Path(name).parts
+    if Path(name).is_absolute() or ".." in parts or "\0" in name or not parts:
+        raise DataError(f"{info} line {line}: ImageID {name!r} is not a file inside {images} "
+                        "(an ImageID is a file name under images/, with no '..' part and no "
+                        "leading '/'); fix the row or remove it")
+    return images / name

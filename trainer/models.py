@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-import os
 from functools import cache
-from pathlib import Path
 
 import timm
 import torch
@@ -15,11 +13,19 @@ from torch import nn
 from trainer.config import ModelConfig
 from trainer.errors import ConfigError
 from trainer.layout import NUM_CLASSES
+from trainer.weights import WeightsSource, find_weights, resolve_weights
 
-__all__ = ["MultiTaskHead", "check_model_name", "create_model", "find_weights", "normalization"]
+__all__ = [
+    "MultiTaskHead",
+    "WeightsSource",
+    "check_model_name",
+    "create_model",
+    "find_weights",
+    "normalization",
+    "resolve_weights",
+]
 
 log = logging.getLogger("trainer")
-_WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 
 @cache
@@ -60,54 +66,40 @@ class MultiTaskHead(nn.Module):
         return joint.reshape(len(x), NUM_CLASSES)
 
 
-def find_weights(name: str, weights_dir: str | None) -> Path | None:
-    """Look for ``<model name>*`` weight files in ``weights_dir`` or ``$HPO_WEIGHTS_DIR``.
-
-    Returns the first match in name order, or None.
-    """
-    folder = weights_dir or os.environ.get("HPO_WEIGHTS_DIR")
-    if not folder:
-        return None
-    base, _ = split_model_name_tag(name)
-    folder_path = Path(folder).expanduser()
-    if not folder_path.is_dir():
-        raise ConfigError(f"weights folder {folder_path} does not exist; fix model.weights_dir "
-                          "or HPO_WEIGHTS_DIR")
-    for f in sorted(folder_path.iterdir()):
-        # "resnet34.a1_in1k.pth" matches resnet34 but "resnet34d.pth" does not.
-        if f.suffix in _WEIGHT_SUFFIXES and (f.stem == base or f.stem.startswith(base + ".")):
-            return f
-    return None
-
-
 def create_model(cfg: ModelConfig, *, num_classes: int = NUM_CLASSES) -> nn.Module:
     """Build the model described by ``cfg`` (timm's ``create_model`` underneath).
 
-    Weights come, in order, from ``cfg.pretrained_file``, a match in the weights folder, or
-    timm's hub (only when ``cfg.pretrained`` and nothing local matched). The classifier head is
-    always new.
+    Weights come from where :func:`~trainer.weights.resolve_weights` says: a local file
+    (``cfg.pretrained_file``, a match in the weights folder, or timm's cached download) is
+    loaded directly, with no network call; the hub is used only when nothing local exists,
+    no weights folder is set and the hub answers. The classifier head is always new.
+
+    Args:
+        cfg: the model settings.
+        num_classes: outputs of a single head (a multitask head always has 8 inside).
+
+    Returns:
+        The model, in training mode.
 
     Raises:
-        ConfigError: unknown model name, missing weights file, or weights that do not fit.
+        ConfigError: unknown model name; weights that cannot be found (a missing
+            ``pretrained_file``, a weights folder with no file for the model, or no local
+            weights while the hub is unreachable or ``HF_HUB_OFFLINE`` is set); or weights
+            that do not fit the model.
     """
-    check_model_name(cfg.name)
+    source = resolve_weights(cfg).require()
     overlay = None
-    pretrained = cfg.pretrained
-    file = cfg.pretrained_file
+    file = source.local_file
     if file is not None:
-        if not Path(file).expanduser().is_file():
-            raise ConfigError(f"model.pretrained_file {file} does not exist; fix the path")
-        pretrained = True
-    elif cfg.pretrained:
-        found = find_weights(cfg.name, cfg.weights_dir)
-        file = str(found) if found else None
-    if file is not None:
-        overlay = {"file": str(Path(file).expanduser())}
+        overlay = {"file": file}
+        if source.custom_load:
+            overlay["custom_load"] = True
         log.info("loading %s weights from %s", cfg.name, file)
     outputs = 8 if cfg.head == "multitask" else num_classes
     try:
-        model = timm.create_model(cfg.name, pretrained=pretrained, num_classes=outputs,
-                                  drop_rate=cfg.drop_rate, pretrained_cfg_overlay=overlay)
+        model = timm.create_model(cfg.name, pretrained=source.kind != "none",
+                                  num_classes=outputs, drop_rate=cfg.drop_rate,
+                                  pretrained_cfg_overlay=overlay)
     except RuntimeError as exc:
         if file is None:
             raise

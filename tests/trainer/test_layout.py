@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -164,3 +165,73 @@ def test_read_eval_errors(tiny_data, tmp_path):
         read_eval(ev)
     with pytest.raises(DataError, match="info.csv does not exist"):
         read_eval(tmp_path / "nowhere")
+
+
+# ---------------------------------------------------------------------------------------------
+# info.csv is untrusted input: every malformed file is one DataError line, never a traceback.
+
+DOC = (Path(__file__).resolve().parents[2] / "docs" / "errors.md").read_text()
+
+
+def _eval_copy(tiny_data, tmp_path) -> tuple[Path, list[str]]:
+    ev = tmp_path / "eval"
+    shutil.copytree(tiny_data / "eval", ev)
+    return ev, list(pd.read_csv(ev / "info.csv", dtype=str)["ImageID"])
+
+
+def _one_line_error(ev: Path) -> str:
+    with pytest.raises(DataError) as info:
+        read_eval(ev)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(ev / "info.csv"))
+    return message
+
+
+def test_blank_image_id_names_the_line(tiny_data, tmp_path):
+    ev, ids = _eval_copy(tiny_data, tmp_path)
+    (ev / "info.csv").write_text(f"ImageID,ans\n{ids[0]},0\n,0\n{ids[1]},0\n")
+    message = _one_line_error(ev)
+    assert message == (f"{ev}/info.csv line 3 has a blank ImageID; write the image's file "
+                       "name there or remove the row")
+    assert message.replace(f"{ev}/", "") in DOC
+    (ev / "info.csv").write_text(f"ImageID,ans\n{ids[0]},0\n   ,0\n")  # whitespace is blank too
+    assert "line 3 has a blank ImageID" in _one_line_error(ev)
+
+
+def test_extra_field_names_the_line(tiny_data, tmp_path):
+    ev, ids = _eval_copy(tiny_data, tmp_path)
+    (ev / "info.csv").write_text(f"ImageID,ans\n{ids[0]},0,oops\n{ids[1]},0\n")
+    message = _one_line_error(ev)
+    assert message == (f"{ev}/info.csv line 2 has 3 fields, but its header (ImageID,ans) has "
+                       "2; remove the extra field (quote an ImageID that holds a comma)")
+    assert message.replace(f"{ev}/", "") in DOC
+
+
+def test_non_utf8_info_names_the_line(tiny_data, tmp_path):
+    ev, _ = _eval_copy(tiny_data, tmp_path)
+    (ev / "info.csv").write_bytes(b"ImageID,ans\nab\xff.jpg,0\n")
+    message = _one_line_error(ev)
+    assert message == f"{ev}/info.csv line 2 is not UTF-8 text (byte 14); save info.csv as UTF-8"
+    assert message.replace(f"{ev}/", "") in DOC
+
+
+def test_unparseable_csv_is_one_line(tiny_data, tmp_path):
+    ev, _ = _eval_copy(tiny_data, tmp_path)
+    (ev / "info.csv").write_text("ImageID,ans\n" + "x" * 200_000 + ",0\n")  # > csv field limit
+    assert "line 2 is not valid CSV (field larger than field limit" in _one_line_error(ev)
+    (ev / "info.csv").write_text("id,ans\nx,0\n")
+    assert "has no ImageID column (columns: id, ans)" in _one_line_error(ev)
+    (ev / "info.csv").write_text("\n\n")
+    assert "is empty" in _one_line_error(ev)
+
+
+def test_tolerated_info_variants(tiny_data, tmp_path):
+    """A byte-order mark, CRLF line ends, blank lines, a missing ans and a quoted comma."""
+    ev, ids = _eval_copy(tiny_data, tmp_path)
+    shutil.copy(ev / "images" / ids[2], ev / "images" / "a,b.jpg")
+    rows = [f"{ids[0]},0", "", f"{ids[1]}", '"a,b.jpg",0']
+    (ev / "info.csv").write_bytes(("\ufeffImageID,ans\r\n" + "\r\n".join(rows) + "\r\n")
+                                  .encode("utf-8"))
+    frame = read_eval(ev)
+    assert list(frame["ImageID"]) == [ids[0], ids[1], "a,b.jpg"]
+    assert frame["path"].tolist() == [str(ev / "images" / n) for n in frame["ImageID"]]
