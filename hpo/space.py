@@ -5,6 +5,10 @@ dashboard and ``study.trials_dataframe()`` read like the study file. A ``loss_mi
 searched as two Optuna parameters: ``loss.<mixed>_weight`` (a float in ``[low, high]``) and, when
 ``rest`` names more than one loss, ``loss.rest`` (categorical). The trainer receives
 ``loss.weights = {rest: 1 - w, mixed: w}`` with a zero weight dropped.
+
+Optuna's categorical choices are scalars, so a list choice (``data.age_bins: [30, 58]``) is
+handed to Optuna as the string ``"30,58"`` and turned back into the list ``[30, 58]`` in the
+trial's settings; enqueued trials are encoded the same way.
 """
 from __future__ import annotations
 
@@ -14,10 +18,11 @@ from typing import Any
 
 import optuna
 
+from hpo._checks import MISSING, match_choice
+from hpo._trainer_keys import config_raw
 from hpo.errors import SpecError
-from hpo.spec import ParamSpec, StudySpec, _config_raw
-from trainer.config import TrainConfig, config_from_dict
-from trainer.errors import ConfigError
+from hpo.spec import ParamSpec, StudySpec
+from trainer import ConfigError, TrainConfig, config_from_dict
 
 REST_PARAM = "loss.rest"
 
@@ -39,6 +44,21 @@ def _mix(mixed: str, rest: str, weight: float) -> dict[str, float]:
     return {name: w for name, w in weights.items() if w > 0}
 
 
+def _to_optuna(choice: Any) -> Any:
+    """A choice as Optuna stores it: a list choice as ``"30,58"``, a scalar as itself."""
+    if isinstance(choice, (list, tuple)):
+        return ",".join(str(v) for v in choice)
+    return choice
+
+
+def _from_optuna(param: ParamSpec, value: Any) -> Any:
+    """The choice Optuna's ``value`` stands for: a list choice as a plain list."""
+    for choice in param.choices or ():
+        if match_choice(value, [_to_optuna(choice)]) is not MISSING:
+            return list(choice) if isinstance(choice, tuple) else choice
+    return value
+
+
 def suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
     """Suggest every active parameter of the study's space, in file order.
 
@@ -51,7 +71,9 @@ def suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
 
     Returns:
         The dotted trainer settings for this trial, e.g.
-        ``{"optim.lr": 0.001, "loss.weights": {"focal": 0.6, "f1": 0.4}}``.
+        ``{"optim.lr": 0.001, "loss.weights": {"focal": 0.6, "f1": 0.4}}``; a list choice
+        comes back as a list (``{"data.age_bins": [30, 58]}``), though Optuna records it as
+        ``"30,58"``.
     """
     settings: dict[str, Any] = {}
     chosen: dict[str, Any] = {}
@@ -64,8 +86,8 @@ def suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
             settings[p.key] = trial.suggest_int(p.key, int(p.low), int(p.high),
                                                 step=int(p.step or 1), log=p.log)
         elif p.type == "categorical":
-            value = trial.suggest_categorical(p.key, list(p.choices or ()))
-            settings[p.key] = chosen[p.key] = value
+            encoded = trial.suggest_categorical(p.key, [_to_optuna(c) for c in p.choices or ()])
+            settings[p.key] = chosen[p.key] = _from_optuna(p, encoded)
         else:
             rest = list(p.rest or ())
             weight = trial.suggest_float(mix_weight_param(p), p.low, p.high)
@@ -107,7 +129,7 @@ def build_config(
     data = dict(spec.data)
     if train_dir is not None:
         data["train_dir"] = train_dir
-    raw = _config_raw(spec.fixed, data, settings)
+    raw = config_raw(spec.fixed, data, settings)
     raw["output_dir"] = output_dir
     if seed is not None:
         raw["seed"] = seed
@@ -122,7 +144,8 @@ def enqueue_params(spec: StudySpec) -> list[dict[str, Any]]:
 
     ``loss.weights`` becomes the loss_mix parameters, e.g. ``{weighted_ce: 1.0}`` with a space
     mixing ``f1`` into ``[focal, weighted_ce, ce]`` gives
-    ``{"loss.f1_weight": 0.0, "loss.rest": "weighted_ce"}``. Parameters a trial leaves out are
+    ``{"loss.f1_weight": 0.0, "loss.rest": "weighted_ce"}``. A list choice becomes Optuna's
+    string for it (``data.age_bins: [30, 59]`` -> ``"30,59"``). Parameters a trial leaves out are
     sampled as usual; so is ``loss.rest`` when the trial's weights are all on the mixed loss.
 
     Args:
@@ -138,7 +161,7 @@ def enqueue_params(spec: StudySpec) -> list[dict[str, Any]]:
         for key, value in trial.items():
             p = by_key[key]
             if p.type != "loss_mix":
-                params[key] = value
+                params[key] = _to_optuna(value) if p.type == "categorical" else value
                 continue
             rest = list(p.rest or ())
             params[mix_weight_param(p)] = float(value.get(p.mixed, 0.0))

@@ -9,16 +9,11 @@ import pytest
 import yaml
 
 from hpo.errors import SpecError
+from hpo.samplers import create_pruner, create_sampler
 from hpo.space import REST_PARAM, build_config, enqueue_params, mix_weight_param, suggest
-from hpo.spec import (
-    StudySpec,
-    create_pruner,
-    create_sampler,
-    list_studies,
-    load_study_spec,
-    parse_study_spec,
-)
-from trainer.config import TrainConfig
+from hpo.spec import StudySpec, parse_study_spec
+from hpo.studyfiles import list_studies, load_study_spec
+from trainer import TrainConfig
 
 REPO_STUDIES = Path(__file__).resolve().parents[2] / "studies"
 SGD_FAMILY = ("momentum", "sgd", "nesterov")
@@ -76,15 +71,18 @@ def check_trial(spec: StudySpec, params: dict, settings: dict, cfg: TrainConfig)
             assert mix_weight_param(p) in params
             assert (REST_PARAM in params) == (len(p.rest) > 1)
         else:
-            assert params[key] == value
+            # Optuna stores a list choice as "30,58"; the settings and the config hold the list
+            stored = ",".join(map(str, value)) if isinstance(value, list) else value
+            assert params[key] == stored
             section, _, field = key.rpartition(".")
             node = getattr(cfg, section) if section else cfg
             got = getattr(node, field)
-            assert got == value or (isinstance(got, tuple) and got == (value, value))
+            assert got == value or (isinstance(got, tuple) and (
+                got == (value, value) or list(got) == value))
             if p.type in ("float", "int"):
                 assert p.low <= value <= p.high
             else:
-                assert value in p.choices
+                assert (tuple(value) if isinstance(value, list) else value) in p.choices
     # conditional parameters appear exactly when their condition holds
     if "optim.momentum" in by_key:
         assert ("optim.momentum" in params) == (params["optim.name"] in SGD_FAMILY)
@@ -237,3 +235,83 @@ def test_build_config_rejects_invalid_settings():
         build_config(spec, {"data.mixup": 0.8, "data.cutmix": 0.8}, output_dir="out")
     with pytest.raises(SpecError, match=r"unknown key 'optim.lrr'"):
         build_config(spec, {"optim.lrr": 0.1}, output_dir="out")
+
+
+AGE_BINS = [[30, 60], [30, 59], [30, 58]]
+
+
+def age_spec(**changes) -> StudySpec:
+    raw = yaml.safe_load(yaml.safe_dump(SMALL, sort_keys=False))
+    raw["sampler"] = {"name": "random", "seed": 0}
+    raw["space"]["data.age_bins"] = {"type": "categorical", "choices": AGE_BINS}
+    raw["space"]["data.img_size"] = {"type": "categorical", "choices": [[64, 48], 32]}
+    raw["space"]["early_stop_patience"] = {"type": "int", "low": 1, "high": 3,
+                                           "when": {"data.age_bins": [30, 58]}}
+    raw["fixed"]["data"].pop("img_size")
+    raw["enqueue"] = [{"data.age_bins": [30, 59]},
+                      {"data.age_bins": [30, 58], "early_stop_patience": 2,
+                       "data.img_size": [64, 48]}]
+    raw.update(changes)
+    return parse_study_spec(raw, name="ages")
+
+
+def test_age_bins_choices_parse_enqueue_and_build(tmp_path):
+    spec = age_spec()
+    # Optuna's choices are scalars: a list choice travels as "30,59"
+    assert enqueue_params(spec) == [
+        {"data.age_bins": "30,59"},
+        {"data.age_bins": "30,58", "early_stop_patience": 2, "data.img_size": "64,48"},
+    ]
+    study, seen = run_study(spec, 16, tmp_path)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    for params, settings, cfg in seen:
+        check_trial(spec, params, settings, cfg)
+        assert params["data.age_bins"] in ("30,60", "30,59", "30,58")
+        assert isinstance(settings["data.age_bins"], list)
+        assert list(cfg.data.age_bins) == settings["data.age_bins"]
+        assert ("early_stop_patience" in params) == (cfg.data.age_bins == (30, 58))
+        assert cfg.data.img_size in ((64, 48), (32, 32))
+        yaml.safe_dump(settings)  # the settings stay plain data (config files, attributes)
+    # the enqueued trials come first, decoded back to lists
+    assert seen[0][1]["data.age_bins"] == [30, 59] and seen[0][2].data.age_bins == (30, 59)
+    assert seen[1][1]["data.age_bins"] == [30, 58] and seen[1][2].early_stop_patience == 2
+    assert seen[1][1]["data.img_size"] == [64, 48] and seen[1][2].data.img_size == (64, 48)
+    assert {tuple(cfg.data.age_bins) for _, _, cfg in seen} == {tuple(b) for b in AGE_BINS}
+    # the split is the study's whatever the thresholds: every trial validates the same people
+    assert {(c.data.val_fraction, c.data.split_seed, c.data.fold) for _, _, c in seen} == \
+        {(spec.data["val_fraction"], 3, None)}
+
+
+@pytest.mark.parametrize(("encoded", "expected"), [("30,60", (30, 60)), ("30,59", (30, 59)),
+                                                   ("30,58", (30, 58))])
+def test_suggest_decodes_list_choices(encoded, expected, tmp_path):
+    spec = age_spec()
+    params = {"optim.name": "adam", "loss.f1_weight": 0.5, "loss.rest": "focal",
+              "data.age_bins": encoded, "data.img_size": 32, "early_stop_patience": 3}
+    settings = suggest(optuna.trial.FixedTrial(params), spec)
+    assert settings["data.age_bins"] == list(expected)
+    assert settings["data.img_size"] == 32
+    assert ("early_stop_patience" in settings) == (expected == (30, 58))
+    cfg = build_config(spec, settings, output_dir=str(tmp_path / "t"))
+    assert cfg.data.age_bins == expected and cfg.data.img_size == (32, 32)
+
+
+def test_study_of_age_bins_through_an_optuna_storage(tmp_path):
+    # enqueue_trial and suggest_categorical round-trip the encoded choice through a real storage
+    spec = age_spec(enqueue=[{"data.age_bins": [30, 58]}])
+    storage = f"sqlite:///{tmp_path / 'ages.db'}"
+    study = optuna.create_study(storage=storage, study_name="ages",
+                                sampler=create_sampler(spec.sampler))
+    for params in enqueue_params(spec):
+        study.enqueue_trial(params)
+    bins = []
+
+    def objective(trial: optuna.Trial) -> float:
+        cfg = build_config(spec, suggest(trial, spec), output_dir=str(tmp_path / "t"))
+        bins.append(cfg.data.age_bins)
+        return float(cfg.data.age_bins[1])
+
+    study.optimize(objective, n_trials=3)
+    assert bins[0] == (30, 58)
+    assert study.trials[0].params["data.age_bins"] == "30,58"
+    assert study.trials[0].distributions["data.age_bins"].choices == ("30,60", "30,59", "30,58")
