@@ -1,8 +1,15 @@
 """The objective: one Optuna trial = suggest settings, train with ``trainer.fit``, record.
 
 This is the only module of the service that runs the trainer. Each epoch reports the study's
-metric (one storage write for the report, one for the progress attribute) and asks the pruner.
+metric (one storage write for the report, one for the progress attribute, whose last value
+goes with the results) and asks the pruner.
 A retried trial (its worker died) continues from the dead trial's ``last.pt``.
+
+Every storage write is a transaction and every transaction a commit (a WAL sync on SQLite, a
+round trip and a log flush on PostgreSQL). Given the study's storage, the objective writes each
+group of attributes in one transaction: the start attributes, each epoch's progress, and at the
+end the results together with the artifact records. Without it (``storage=None``) it writes
+them one by one, as Optuna's ``trial.set_user_attr`` does.
 """
 from __future__ import annotations
 
@@ -10,19 +17,19 @@ import hashlib
 import logging
 import platform
 import socket
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
 import torch
-from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 
 import trainer
 from hpo.artifacts import ArtifactPaths, confusion_png
 from hpo.space import build_config, suggest
 from hpo.spec import StudySpec
-from trainer.metrics import confusion
 
 __all__ = ["Objective", "library_versions", "val_hash"]
 
@@ -49,10 +56,29 @@ def val_hash(paths: list[str], labels: np.ndarray) -> str:
 
 def _retry_chain(trial: optuna.Trial) -> list[int]:
     """Numbers of the failed trials this one retries, most recent first."""
-    storage = trial.study._storage
-    frozen = storage.get_trial(trial._trial_id)
+    # The retry records (system attributes) are written when the trial is created, and Optuna
+    # loaded the created trial into the Trial already: reading that copy saves a database
+    # read per trial. Optuna has no public name for it, so fall back to a read.
+    frozen = getattr(trial, "_cached_frozen_trial", None)
+    if frozen is None:
+        frozen = trial.study._storage.get_trial(trial._trial_id)
     history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
     return list(reversed(history))
+
+
+def _write_attrs(storage: BaseStorage | None, trial: optuna.Trial, *,
+                 user: Mapping[str, Any], system: Mapping[str, Any] | None = None) -> None:
+    """One transaction when ``storage`` can batch; otherwise one per attribute (Optuna's way)."""
+    # Optuna has no public trial id; upload_artifact reads the same private attribute.
+    trial_id = trial._trial_id
+    batch = getattr(storage, "set_trial_attrs", None)
+    if batch is not None:
+        batch(trial_id, user=user, system=system)
+        return
+    for key, value in user.items():
+        trial.set_user_attr(key, value)
+    for key, value in (system or {}).items():
+        (storage or trial.storage).set_trial_system_attr(trial_id, key, value)
 
 
 class Objective:
@@ -64,14 +90,22 @@ class Objective:
         train_dir: overrides the study's ``data.train_dir`` (``--data``).
         fit: the training function (``trainer.fit``; the storage load test passes a stand-in
             with the same signature that sleeps instead of training).
+        storage: the study's storage from :func:`hpo.storage.open_storage` (the one
+            :func:`hpo.storage.storage_of` returns for the study): attributes are then written
+            a group per transaction. None writes each attribute on its own (slower, same data).
+        on_start: called first thing in every trial, once Optuna has created it (the worker
+            releases its budget lock there); also settable later as ``self.on_start``.
     """
 
     def __init__(self, spec: StudySpec, artifacts: ArtifactPaths, *, train_dir: str | None = None,
-                 fit=None) -> None:
+                 fit=None, storage: BaseStorage | None = None,
+                 on_start: Callable[[], None] | None = None) -> None:
         self.spec = spec
         self.artifacts = artifacts
         self.train_dir = train_dir
         self.fit = fit or trainer.fit
+        self.storage = storage
+        self.on_start = on_start
         self._prepared: dict[Any, trainer.PreparedData] = {}
         self.current_trial: int | None = None
 
@@ -92,7 +126,13 @@ class Objective:
                 return last
         return None
 
+    def _write(self, trial: optuna.Trial, user: Mapping[str, Any],
+               system: Mapping[str, Any] | None = None) -> None:
+        _write_attrs(self.storage, trial, user=user, system=system)
+
     def __call__(self, trial: optuna.Trial) -> float:
+        if self.on_start is not None:
+            self.on_start()
         spec = self.spec
         settings = suggest(trial, spec)
         out_dir = self.artifacts.trial_dir(trial.study.study_name, trial.number)
@@ -106,50 +146,57 @@ class Objective:
             start_attrs["resumed_from"] = {"trial": int(resume.parent.name), "epoch": done}
             log.info("trial %d resumes trial %s from epoch %d", trial.number,
                      resume.parent.name, done)
-        for key, value in start_attrs.items():
-            trial.set_user_attr(key, value)
+        self._write(trial, start_attrs)
 
         epochs_run: list[int] = []
+        # Attributes that ride along with the trial's closing write (one commit fewer).
+        closing: dict[str, Any] = {}
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             value = metrics[spec.metric]
             epochs_run.append(epoch)
             trial.report(value, epoch)
-            trial.set_user_attr("progress", {"epoch": epoch, "epochs": cfg.epochs,
-                                             spec.metric: round(value, 5)})
-            # After the last epoch the training is done: keep the result rather than prune it.
-            if epoch < cfg.epochs and trial.should_prune():
+            progress = {"epoch": epoch, "epochs": cfg.epochs, spec.metric: round(value, 5)}
+            if epoch >= cfg.epochs:
+                # The training is done: keep the result rather than prune it, and let the
+                # last progress ride with the results (the closing write follows at once).
+                closing["progress"] = progress
+                return
+            self._write(trial, {"progress": progress})
+            if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}: {spec.metric} {value:.4f}")
 
         self.current_trial = trial.number
         try:
             result = self.fit(cfg, on_epoch=on_epoch, resume=resume, data=self._data(cfg))
         except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM); retried from "
-                                "its last checkpoint by the next worker")
-            trial.set_user_attr("epochs_run", epochs_run)
+            self._write(trial, {**closing, "epochs_run": epochs_run,
+                                "fail_reason": "interrupted (Ctrl-C or SIGTERM); retried from "
+                                "its last checkpoint by the next worker"})
             raise
         except optuna.TrialPruned:
-            trial.set_user_attr("epochs_run", epochs_run)
+            self._write(trial, {**closing, "epochs_run": epochs_run})
             raise
         except Exception as exc:  # recorded, then optuna marks the trial FAIL; worker goes on
             reason = _fail_reason(exc)
-            trial.set_user_attr("fail_reason", reason)
-            trial.set_user_attr("epochs_run", epochs_run)
+            self._write(trial, {**closing, "fail_reason": reason, "epochs_run": epochs_run})
             log.warning("trial %d failed: %s", trial.number, reason)
             if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
                 torch.cuda.empty_cache()
             raise
-        return self._record(trial, cfg, result, epochs_run)
+        return self._record(trial, result, epochs_run, closing)
 
-    def _record(self, trial: optuna.Trial, cfg: trainer.TrainConfig, result,
-                epochs_run: list[int]) -> float:
+    def _record(self, trial: optuna.Trial, result, epochs_run: list[int],
+                closing: dict[str, Any]) -> float:
         out = Path(result.output_dir)
         np.save(out / "val_labels.npy", result.val_labels)
-        confusion_png(confusion(result.val_probs, result.val_labels), out / "confusion.png",
+        matrix = trainer.confusion(result.val_probs, result.val_labels)
+        confusion_png(matrix, out / "confusion.png",
                       title=f"trial {trial.number}: best epoch {result.best_epoch}, "
                             f"f1 {result.best_metrics['f1']:.4f}")
+        ids, records = self.artifacts.store_files(out)
         attrs = {
+            **closing,
             "metrics": {k: round(float(v), 6) for k, v in result.best_metrics.items()},
             "best_epoch": result.best_epoch,
             "epochs_run": epochs_run,
@@ -157,12 +204,11 @@ class Objective:
             "images_per_second": round(result.images_per_second, 1),
             "device": result.device,
             "val_hash": val_hash(result.val_paths, result.val_labels),
-            "artifacts": self.artifacts.upload(trial, out),
+            "artifacts": ids,
         }
         for key in ("f1", "accuracy", "mask_f1", "gender_f1", "age_f1"):
             attrs[key] = round(float(result.best_metrics[key]), 6)
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+        self._write(trial, attrs, records)
         self.artifacts.tidy(out)
         return float(result.best_metrics[self.spec.metric])
 

@@ -2,24 +2,44 @@
 
 The URL comes from ``--storage``, else ``$HPO_STORAGE``, else ``sqlite:///hpo.db``. Passwords
 are never printed: every message and log line shows :func:`mask_url`'s form.
+
+Every Optuna storage call is a transaction of its own; the storage adds
+:meth:`_ResilientStorage.set_trial_attrs`, which writes a trial's user and system attributes in
+one (the objective records a trial's results and artifact records in one commit, not 20), and
+:func:`storage_of`, which finds that storage behind a study.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy.exc
+import sqlalchemy.orm
+from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+# Optuna's table classes: it exports no public name for them, and the batch write below must
+# write exactly the rows Optuna's own calls write.
+from optuna.storages._rdb.models import (
+    TrialModel,
+    TrialSystemAttributeModel,
+    TrialUserAttributeModel,
+)
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 
 from hpo.errors import StorageError
+from hpo.storage_lock import creation_lock
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -27,6 +47,7 @@ __all__ = [
     "mask_url",
     "resolve_storage_url",
     "open_storage",
+    "storage_of",
     "with_retries",
     "quiet_optuna",
 ]
@@ -56,9 +77,9 @@ def mask_url(url: str) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
-def _prepare_sqlite(url: str) -> dict:
+def _prepare_sqlite(url: str, *, read_only: bool = False) -> dict:
     path = make_url(url).database
-    if path and path != ":memory:":
+    if path and path != ":memory:" and not read_only:
         db = Path(path).expanduser()
         if not db.parent.exists():
             raise StorageError(f"cannot create the SQLite study database {db}: folder "
@@ -97,7 +118,7 @@ class _ResilientStorage(RDBStorage):
     def record_heartbeat(self, trial_id: int) -> None:
         try:
             super().record_heartbeat(trial_id)
-        except (*_LOST, sqlalchemy.exc.DBAPIError) as exc:
+        except (*_LOST, sqlalchemy.exc.DBAPIError, StorageInternalError) as exc:
             log.warning("heartbeat of trial %d not recorded (%s); will try again", trial_id,
                         _reason(exc))
 
@@ -112,6 +133,99 @@ class _ResilientStorage(RDBStorage):
                 raise
         return _retry(attempt, what=f"recording trial state {state.name}")
 
+    def set_trial_attrs(self, trial_id: int, *, user: Mapping[str, Any] | None = None,
+                        system: Mapping[str, Any] | None = None) -> None:
+        """Write many attributes of a running trial in one transaction (one commit).
+
+        Each ``trial.set_user_attr`` is a transaction of its own, and a transaction costs a
+        commit (a WAL sync on SQLite, a log flush and a round trip on PostgreSQL): a trial that
+        records 20 attributes one by one pays 20 of them. The rows are the ones Optuna's own
+        calls write (its upsert, JSON values), so every reader sees the same attributes. An
+        upsert may be repeated, so a lost connection is retried like the other idempotent calls.
+
+        Args:
+            trial_id: the trial's storage id (``trial._trial_id``).
+            user: user attributes, key -> JSON-serialisable value.
+            system: system attributes, key -> JSON-serialisable value (e.g. the artifact
+                records ``artifacts:<id>`` that the dashboard lists).
+
+        Raises:
+            UpdateFinishedTrialError: the trial is already finished (nothing is written).
+            KeyError: no trial has this id.
+            sqlalchemy.exc.OperationalError: the database stayed away through every retry
+                (``InterfaceError`` likewise).
+        """
+        tables = [(TrialUserAttributeModel, dict(user or {})),
+                  (TrialSystemAttributeModel, dict(system or {}))]
+        count = sum(len(values) for _, values in tables)
+        if not count:
+            return
+
+        def attempt() -> None:
+            with _transaction(self.scoped_session) as session:
+                # One look at the trial instead of one per attribute (Optuna's per-key helper
+                # loads the trial row for each key: most of a batch's CPU time).
+                state = session.execute(sqlalchemy.select(TrialModel.state).where(
+                    TrialModel.trial_id == trial_id)).scalar_one_or_none()
+                if state is None:
+                    raise KeyError(f"no trial with id {trial_id} in the study storage")
+                self.check_trial_is_updatable(trial_id, state)
+                for model, values in tables:
+                    if values:
+                        self._upsert_attrs(session, model, trial_id, values)
+
+        _retry(attempt, what=f"recording {count} attributes of trial {trial_id}")
+
+    def _upsert_attrs(self, session: sqlalchemy.orm.Session, model, trial_id: int,
+                      values: dict[str, Any]) -> None:
+        # The statement Optuna's _set_trial_attr_without_commit runs, for all keys at once.
+        insert = {"postgresql": pg_dialect.insert, "sqlite": sqlite_dialect.insert}.get(
+            self.engine.name)
+        if insert is None or (self.engine.name == "sqlite"
+                              and sqlite3.sqlite_version_info < (3, 24, 0)):
+            for key, value in values.items():  # no multi-row upsert here: Optuna's per-key way
+                self._set_trial_attr_without_commit(session, model, trial_id, key, value)
+            return
+        stmt = insert(model).values([{"trial_id": trial_id, "key": key,
+                                      "value_json": json.dumps(value)}
+                                     for key, value in values.items()])
+        session.execute(stmt.on_conflict_do_update(
+            index_elements=[model.trial_id, model.key],
+            set_={"value_json": stmt.excluded.value_json}))
+
+
+@contextmanager
+def _transaction(scoped: sqlalchemy.orm.scoped_session) -> Iterator[sqlalchemy.orm.Session]:
+    # Optuna's own session helper turns a lost connection into StorageInternalError; this one
+    # lets SQLAlchemy's error through so _retry can recognise it (and commits exactly once).
+    session = scoped()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def storage_of(study: optuna.Study) -> RDBStorage | None:
+    """The study's own RDBStorage (for :meth:`_ResilientStorage.set_trial_attrs`), or None.
+
+    ``optuna.create_study`` wraps an RDBStorage in a private write-through cache; batched
+    writes must go to the storage underneath. The cache re-reads running trials from the
+    database, so writes that bypass it are seen by every reader.
+
+    Args:
+        study: a study opened on a storage from :func:`open_storage`.
+
+    Returns:
+        The storage, or None when it cannot write batches (another storage class).
+    """
+    storage = getattr(study, "_storage", None)
+    storage = getattr(storage, "_backend", storage)  # optuna's _CachedStorage wrapper
+    return storage if hasattr(storage, "set_trial_attrs") else None
+
 
 def _retry(fn: Callable[[], _T], *, what: str, attempts: int = 9,
            errors: tuple[type[BaseException], ...] = _LOST) -> _T:
@@ -120,14 +234,22 @@ def _retry(fn: Callable[[], _T], *, what: str, attempts: int = 9,
     for attempt in range(1, attempts + 1):
         try:
             return fn()
-        except errors as exc:
-            if attempt == attempts:
+        except Exception as exc:
+            if attempt == attempts or not _caused_by(exc, errors):
                 raise
             log.warning("database unavailable while %s (%s); retrying in %.1f s", what,
                         _reason(exc), delay)
             time.sleep(delay)
             delay = min(delay * 2, 15.0)
     raise AssertionError("unreachable")
+
+
+def _caused_by(exc: BaseException, errors: tuple[type[BaseException], ...]) -> bool:
+    # Optuna's session helper re-raises every SQLAlchemy error as StorageInternalError (with
+    # the original as its cause), so a lost connection hides one level down.
+    if isinstance(exc, StorageInternalError):
+        exc = exc.__cause__ or exc
+    return isinstance(exc, errors)
 
 
 def _retrying(name: str):
@@ -145,6 +267,8 @@ for _name in _IDEMPOTENT:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, StorageInternalError) and exc.__cause__ is not None:
+        exc = exc.__cause__
     orig = getattr(exc, "orig", None) or exc
     text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
     return text
@@ -156,11 +280,17 @@ def open_storage(
     heartbeat_interval: int | None = 30,
     grace_period: int | None = None,
     max_retry: int = MAX_RETRY,
+    read_only: bool = False,
 ) -> RDBStorage:
     """Open (and create if needed) the study storage.
 
+    Any number of processes may open a new storage at the same instant: creating the schema is
+    serialised (a file lock beside a SQLite file, an advisory lock on PostgreSQL).
+
     Args:
         url: storage URL; None means ``$HPO_STORAGE`` or ``sqlite:///hpo.db``.
+        read_only: for readers: neither create tables nor switch a SQLite file to WAL (a
+            read changes no byte of the database).
         heartbeat_interval: seconds between a running trial's heartbeats; a trial silent for
             ``grace_period`` (default twice the interval) is failed and retried. None disables.
         grace_period: see above.
@@ -179,7 +309,7 @@ def open_storage(
                            f"{DEFAULT_STORAGE} or postgresql://user:pass@host:5432/db") from None
     engine_kwargs: dict = {}
     if parsed.get_backend_name() == "sqlite":
-        engine_kwargs = _prepare_sqlite(url)
+        engine_kwargs = _prepare_sqlite(url, read_only=read_only)
     else:
         # pre_ping replaces connections that died with a database restart before they're used
         engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 300,
@@ -187,10 +317,12 @@ def open_storage(
     callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat_interval \
         else None
     try:
-        return _ResilientStorage(url, engine_kwargs=engine_kwargs,
-                                 heartbeat_interval=heartbeat_interval,
-                                 grace_period=grace_period,
-                                 heartbeat_stale_trial_callback=callback)
+        with creation_lock(url, enabled=not read_only):
+            return _ResilientStorage(url, engine_kwargs=engine_kwargs,
+                                     heartbeat_interval=heartbeat_interval,
+                                     grace_period=grace_period,
+                                     heartbeat_stale_trial_callback=callback,
+                                     skip_table_creation=read_only)
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
         host = f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
         reason = _reason(exc)
@@ -213,9 +345,12 @@ def with_retries(fn: Callable[[], _T], *, what: str, attempts: int = 8) -> _T:
     Raises:
         StorageError: the database stayed away for all ``attempts``.
     """
+    errors = (sqlalchemy.exc.DBAPIError,)
     try:
-        return _retry(fn, what=what, attempts=attempts, errors=(sqlalchemy.exc.DBAPIError,))
-    except sqlalchemy.exc.DBAPIError as exc:
+        return _retry(fn, what=what, attempts=attempts, errors=errors)
+    except Exception as exc:
+        if not _caused_by(exc, errors):
+            raise
         raise StorageError(f"lost the study database while {what} after {attempts} "
                            f"tries: {_reason(exc)}") from None
 
