@@ -4,13 +4,11 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import signal
-import subprocess
 import sys
 
 import click
 
-from trainer.errors import TrainerError
+from trainer import TrainerError
 
 log = logging.getLogger("hpo")
 
@@ -40,18 +38,74 @@ def _artifacts_option(fn):
                         type=click.Path(file_okay=False))(fn)
 
 
+def _complete_study_files(ctx, param, incomplete: str) -> list[str]:
+    """Shell completion for launch/worker: study files found here, and studies in storage."""
+    try:
+        from hpo.studyfiles import list_studies
+
+        names = set(list_studies())
+    except Exception:
+        names = set()
+    names.update(_complete_studies(ctx, param, ""))
+    return sorted(n for n in names if n.startswith(incomplete))
+
+
 def _study_option(fn):
     return click.option("--study", "study_name", required=True, metavar="NAME",
+                        shell_complete=_complete_study_files,
                         help="A study name from studies/ or a path to a study YAML file.")(fn)
 
 
+def _max_failures_option(fn):
+    return click.option("--max-failures", type=click.IntRange(min=0), default=3,
+                        show_default=True,
+                        help="Stop when this many trials in a row fail with the same reason "
+                             "(0: never).")(fn)
+
+
+def _format_option(fn):
+    return click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]),
+                        default="table", show_default=True, help="Output format.")(fn)
+
+
+def _complete_studies(ctx, param, incomplete: str) -> list[str]:
+    """Shell completion: the study names in the storage (nothing is created or written)."""
+    try:
+        from hpo.study import summaries
+
+        names = [s.study_name for s in summaries(ctx.params.get("storage"))]
+    except Exception:  # completion must never print a traceback into the shell
+        return []
+    return [n for n in names if n.startswith(incomplete)]
+
+
+def _complete_ensembles(ctx, param, incomplete: str) -> list[str]:
+    """Shell completion: the promoted ensembles' names."""
+    try:
+        from hpo.manifest import ensemble_rows
+
+        names = [r["name"] for r in ensemble_rows(artifacts=ctx.params.get("artifacts"))]
+    except Exception:
+        return []
+    return [n for n in names if n.startswith(incomplete)]
+
+
+def _read_study_option(fn):
+    return click.option("--study", "study_name", required=True, metavar="NAME",
+                        shell_complete=_complete_studies,
+                        help="The study's name in the storage (no study file needed).")(fn)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hpo", prog_name="hpo")
 @click.option("-v", "--verbose", is_flag=True, help="Log more (per-epoch lines, retries).")
 def main(verbose: bool) -> None:
     """hpo: hyperparameter search for the mask / gender / age face competition.
 
     Studies are YAML files in studies/; trials train timm models with the trainer package and
     are recorded in an Optuna storage (SQLite by default, PostgreSQL for many machines).
+    Reading a study (status, best, studies, promote, predict, dashboard) needs only the
+    storage: no study file and no data folder.
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -68,7 +122,8 @@ def main(verbose: bool) -> None:
 @main.command()
 @_study_option
 @click.option("--data", "train_dir", default=None, type=click.Path(),
-              help="The competition train folder (overrides the study's data.train_dir).")
+              help="The competition train folder (default: the one the study recorded, else "
+                   "the study file's data.train_dir).")
 @click.option("--n-trials", type=click.IntRange(min=1), default=None,
               help="Trials in the study when done (default: the study file's n_trials).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -79,171 +134,150 @@ def main(verbose: bool) -> None:
               help="Worker processes when --gpus is not given.")
 @click.option("--heartbeat", type=click.IntRange(min=1), default=30,
               help="Seconds between heartbeats; silent trials are failed and retried.")
+@_max_failures_option
 @_storage_option
 @_artifacts_option
 @_friendly
-def launch(study_name, train_dir, n_trials, timeout, gpus, workers, heartbeat, storage,
-           artifacts):
+def launch(study_name, train_dir, n_trials, timeout, gpus, workers, heartbeat, max_failures,
+           storage, artifacts):
     """Create or resume a study and run workers until its budget is met.
 
     Starts one worker process per GPU in --gpus, or --workers processes, and shows the
     running trials, their epoch and metric, and the best trial so far.
     """
-    from hpo.progress import watch
-    from hpo.spec import load_study_spec
-    from hpo.storage import mask_url, resolve_storage_url
-    from hpo.worker import check_data, open_study
+    from hpo.admin import failure_streak, streak_error
+    from hpo.launcher import budget_met, devices_of, prepare_launch, run_workers
+    from hpo.storage import mask_url
+    from hpo.worker import STREAK_EXIT
 
-    spec = load_study_spec(study_name)
-    check_data(spec, train_dir)
-    url = resolve_storage_url(storage)
-    study = open_study(spec, storage=url, train_dir=train_dir, heartbeat_interval=heartbeat)
-    target = n_trials or spec.n_trials
-    click.echo(f"study {spec.name} in {mask_url(url)}: {len(study.trials)} trials so far, "
-               f"target {target or 'none'}, timeout {timeout or spec.timeout or 'none'}")
-    devices = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else [None] * workers
-    # The URL travels in the environment, not argv: `ps` would show a password in argv.
-    argv = [sys.executable, "-m", "hpo.cli", "worker", "--study", spec.path,
-            "--heartbeat", str(heartbeat)]
-    for flag, value in (("--data", train_dir), ("--n-trials", n_trials),
-                        ("--timeout", timeout), ("--artifacts", artifacts)):
-        if value is not None:
-            argv += [flag, str(value)]
-    procs = []
-    for index, device in enumerate(devices):
-        env = {**os.environ, "HPO_WORKER_INDEX": str(index), "HPO_STORAGE": url}
-        if device is not None:
-            env["CUDA_VISIBLE_DEVICES"] = device
-        # own session: a terminal's Ctrl-C reaches only us; we forward one SIGTERM each
-        procs.append(subprocess.Popen(argv, env=env, start_new_session=True))
-    stopped = False
-
-    def forward(signum, frame):
-        nonlocal stopped
-        stopped = True
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-
-    old_int = signal.signal(signal.SIGINT, forward)
-    old_term = signal.signal(signal.SIGTERM, forward)
-    try:
-        watch(study, procs, metric=spec.metric, target=target)
-    finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
-    codes = [p.wait() for p in procs]
+    devices = devices_of(gpus, workers)
+    plan = prepare_launch(study_name, storage=storage, train_dir=train_dir, n_trials=n_trials,
+                          timeout=timeout, heartbeat=heartbeat, artifacts=artifacts,
+                          max_failures=max_failures)
+    click.echo(f"study {plan.spec.name} in {mask_url(plan.url)}: {len(plan.study.trials)} "
+               f"trials so far, target {plan.target or 'none'}, timeout "
+               f"{timeout or plan.spec.timeout or 'none'}, data {plan.train_dir or '-'}")
+    met = budget_met(plan)
+    if met:
+        click.echo(met)
+        _echo_best(plan.study, required=False)
+        return
+    codes, stopped = run_workers(plan, devices=devices)
     if stopped:
-        click.echo(f"stopped; running trials were recorded FAIL and will be retried. Resume "
-                   f"with: hpo launch --study {spec.name}", err=True)
+        click.echo("stopped; running trials were recorded FAIL and will be retried. Resume "
+                   f"with: {plan.resume_hint()}", err=True)
         sys.exit(130)
+    if STREAK_EXIT in codes:
+        reason = failure_streak(plan.study, max_failures)
+        raise streak_error(plan.spec.name, max_failures, reason or "see hpo status")
     if any(codes):
         raise click.ClickException(f"{sum(1 for c in codes if c)} of {len(codes)} workers "
                                    "exited with an error (see above)")
-    _print_best(study, spec.metric)
+    _echo_best(plan.study)
 
 
 @main.command()
 @_study_option
 @click.option("--data", "train_dir", default=None, type=click.Path(),
-              help="The competition train folder on this machine.")
+              help="The competition train folder on this machine (default: the one the study "
+                   "recorded).")
 @click.option("--n-trials", type=click.IntRange(min=1), default=None,
               help="Trials in the study when done (default: the study file's n_trials).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop starting trials after this many seconds.")
 @click.option("--heartbeat", type=click.IntRange(min=1), default=30,
               help="Seconds between heartbeats; silent trials are failed and retried.")
+@_max_failures_option
 @_storage_option
 @_artifacts_option
 @_friendly
-def worker(study_name, train_dir, n_trials, timeout, heartbeat, storage, artifacts):
+def worker(study_name, train_dir, n_trials, timeout, heartbeat, max_failures, storage,
+           artifacts):
     """Join a study from any machine that reaches its storage and run trials.
 
-    Stops when the study's trial budget is met. Ctrl-C or SIGTERM records the running trial
-    FAIL (it is retried from its last checkpoint later).
+    The study file comes from this machine, else from the text the study recorded. Stops when
+    the study's trial budget is met. Ctrl-C or SIGTERM records the running trial FAIL (it is
+    retried from its last checkpoint later).
     """
-    from hpo.spec import load_study_spec
-    from hpo.worker import Budget, worker_main, worker_seed_offset
+    from hpo.budget import Budget
+    from hpo.preflight import check_models
+    from hpo.study import data_folder, spec_for, worker_seed_offset
+    from hpo.worker import worker_main
 
-    spec = load_study_spec(study_name)
+    spec = spec_for(study_name, storage=storage)
+    train_dir = data_folder(spec.name, train_dir, storage=storage)
+    if os.environ.get("HPO_LAUNCHED") != "1":  # hpo launch ran it for its workers
+        check_models(spec, train_dir=train_dir)
     code = worker_main(spec, storage=storage, artifacts=artifacts, train_dir=train_dir,
                        budget=Budget(n_trials or spec.n_trials, timeout or spec.timeout),
-                       heartbeat_interval=heartbeat, seed_offset=worker_seed_offset())
+                       heartbeat_interval=heartbeat, seed_offset=worker_seed_offset(),
+                       max_failures=max_failures)
     sys.exit(code)
 
 
 # ---------------------------------------------------------------------------------------------
-# looking at studies
+# looking at studies: from the storage alone, never writing
 
 
 @main.command()
 @_storage_option
+@_format_option
 @_friendly
-def studies(storage):
-    """List the studies in the storage (and the study files in studies/)."""
-    import optuna
-
-    from hpo.spec import list_studies
-    from hpo.storage import mask_url, open_storage, resolve_storage_url
+def studies(storage, fmt):
+    """List the studies in the storage (any Optuna study), and the study files found here."""
+    from hpo.report import dumps, studies_data, studies_table
+    from hpo.storage import mask_url, resolve_storage_url
+    from hpo.study import summaries
+    from hpo.studyfiles import list_studies
 
     url = resolve_storage_url(storage)
-    summaries = optuna.get_all_study_summaries(open_storage(url, heartbeat_interval=None))
-    click.echo(f"storage {mask_url(url)}")
-    if not summaries:
-        click.echo("  no studies yet")
-    for s in summaries:
-        best = f"{s.best_trial.value:.4f}" if s.best_trial and s.best_trial.value is not None \
-            else "-"
-        click.echo(f"  {s.study_name:<24} trials {s.n_trials:<5} best {best}")
-    click.echo(f"study files: {', '.join(list_studies()) or 'none'}")
-
-
-def _load(study_name: str, storage: str | None):
-    from hpo.spec import load_study_spec
-    from hpo.worker import open_study
-
-    spec = load_study_spec(study_name)
-    return spec, open_study(spec, storage=storage, heartbeat_interval=None, create=False)
+    rows = studies_data(summaries(url))
+    if fmt == "json":
+        click.echo(dumps(rows))
+    else:
+        click.echo(studies_table(rows, storage=mask_url(url), files=list_studies()))
 
 
 @main.command()
-@_study_option
+@_read_study_option
+@click.option("--sort", type=click.Choice(["number", "value"]), default="number",
+              show_default=True, help="Order trials by number, or by value (best first).")
 @_storage_option
+@_format_option
 @_friendly
-def status(study_name, storage):
-    """Show every trial: state, value, key parameters, epochs, duration, progress."""
-    from hpo.progress import status_table
+def status(study_name, sort, storage, fmt):
+    """Show every trial: state, value, every parameter, epochs, duration, failure reason."""
+    from hpo.report import dumps, status_data, status_table
+    from hpo.study import load, record_of
 
-    spec, study = _load(study_name, storage)
-    click.echo(status_table(study, metric=spec.metric))
+    study = load(study_name, storage=storage)
+    data = status_data(study, record_of(study), sort=sort)
+    click.echo(dumps(data) if fmt == "json" else status_table(data))
 
 
 @main.command()
-@_study_option
+@_read_study_option
 @_storage_option
+@_format_option
 @_friendly
-def best(study_name, storage):
+def best(study_name, storage, fmt):
     """Show the best completed trial: its value, metrics and parameters."""
-    spec, study = _load(study_name, storage)
-    _print_best(study, spec.metric)
+    from hpo.study import load
+
+    _echo_best(load(study_name, storage=storage), fmt=fmt)
 
 
-def _print_best(study, metric: str) -> None:
-    from optuna.trial import TrialState
+def _echo_best(study, fmt: str = "table", *, required: bool = True) -> None:
+    from hpo.report import best_data, best_table, dumps
+    from hpo.study import record_of
 
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not done:
+    data = best_data(study, record_of(study))
+    if data is None and not required:
+        return
+    if data is None:
         raise click.ClickException(f"study {study.study_name} has no completed trial yet; "
                                    f"run: hpo launch --study {study.study_name}")
-    trial = study.best_trial
-    click.echo(f"best trial {trial.number}: {metric} {trial.value:.4f}")
-    metrics = trial.user_attrs.get("metrics", {})
-    shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in
-                      ("f1", "accuracy", "mask_f1", "gender_f1", "age_f1") if k in metrics)
-    if shown:
-        click.echo(f"  metrics: {shown} (epoch {trial.user_attrs.get('best_epoch')})")
-    for key, value in trial.params.items():
-        click.echo(f"  {key} = {value}")
+    click.echo(dumps(data) if fmt == "json" else best_table(data))
 
 
 @main.command()
@@ -260,12 +294,73 @@ def dashboard(host, port, storage, artifacts):
     serve(storage=storage, artifacts=artifacts, host=host, port=port)
 
 
+@main.command()
+@click.argument("folder", default="demo", type=click.Path(file_okay=False))
+@_friendly
+def demo(folder):
+    """The whole flow on generated data: make demo data in FOLDER (default ./demo), run the
+    smoke study, promote an ensemble and write FOLDER/submission.csv."""
+    from hpo.demo import run_demo
+
+    result = run_demo(folder, echo=click.echo)
+    best = f"{result.best_f1:.4f}" if result.best_f1 is not None else "-"
+    click.echo(f"done: best trial f1 {best}, ensemble f1 {result.ensemble_f1:.4f} (validation "
+               f"people). Look around with: hpo status --study smoke --storage "
+               f"{result.storage}")
+
+
+# ---------------------------------------------------------------------------------------------
+# looking after studies
+
+
+@main.command()
+@_read_study_option
+@_storage_option
+@_friendly
+def retry(study_name, storage):
+    """Queue the failed trials of a study again (same parameters; they resume from their last
+    checkpoint and do not count against the budget again). Run hpo launch to run them."""
+    from hpo.admin import retry_failed
+    from hpo.study import load
+
+    study = load(study_name, storage=storage)
+    queued = retry_failed(study)
+    if not queued:
+        click.echo(f"study {study.study_name} has no failed trial to retry")
+        return
+    click.echo(f"queued {len(queued)} failed trial(s) of {study.study_name} again: "
+               f"{', '.join(map(str, queued))}; run them with: hpo launch --study "
+               f"{study.study_name}")
+
+
+@main.command()
+@_read_study_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_storage_option
+@_artifacts_option
+@_friendly
+def delete(study_name, yes, storage, artifacts):
+    """Delete a study: its trials in the storage, its stored files and trial folders."""
+    from hpo.admin import delete_study
+    from hpo.progress import size_text
+    from hpo.study import load
+
+    study = load(study_name, storage=storage)
+    n = len(study.trials)
+    if not yes:
+        click.confirm(f"delete study {study.study_name} with {n} trial(s) and its files?",
+                      abort=True)
+    done = delete_study(study, storage=storage, artifacts=artifacts)
+    click.echo(f"deleted study {done.name}: {done.trials} trial(s), {done.files} stored "
+               f"file(s), {size_text(done.bytes)} freed")
+
+
 # ---------------------------------------------------------------------------------------------
 # ensembles
 
 
 @main.command()
-@_study_option
+@_read_study_option
 @click.option("--name", default=None, help="Ensemble name (default: <study>-<method>).")
 @click.option("--method", type=click.Choice(["greedy", "topk"]), default="greedy",
               show_default=True, help="Greedy forward selection with replacement, or top-k.")
@@ -282,9 +377,10 @@ def promote(study_name, name, method, max_members, top, storage, artifacts):
     Selects on one half of the validation people and reports macro-F1 on the other half too.
     """
     from hpo.ensemble import promote as do_promote
+    from hpo.study import load
 
-    spec, study = _load(study_name, storage)
-    result = do_promote(study, name=name or f"{spec.name}-{method}", method=method,
+    study = load(study_name, storage=storage)
+    result = do_promote(study, name=name or f"{study.study_name}-{method}", method=method,
                         max_members=max_members, top=top, storage=storage,
                         artifacts=artifacts)
     click.echo(result.table())
@@ -293,11 +389,16 @@ def promote(study_name, name, method, max_members, top, storage, artifacts):
 
 @main.command()
 @_artifacts_option
+@_format_option
 @_friendly
-def ensembles(artifacts):
+def ensembles(artifacts, fmt):
     """List promoted ensembles."""
-    from hpo.ensemble import list_ensembles
+    from hpo.manifest import ensemble_rows, list_ensembles
+    from hpo.report import dumps
 
+    if fmt == "json":
+        click.echo(dumps(ensemble_rows(artifacts=artifacts)))
+        return
     rows = list_ensembles(artifacts=artifacts)
     if not rows:
         click.echo("no ensembles yet; make one with: hpo promote --study NAME")
@@ -306,8 +407,10 @@ def ensembles(artifacts):
 
 
 @main.command()
-@click.option("--ensemble", default=None, help="An ensemble name (hpo ensembles) or manifest.")
-@click.option("--study", "study_name", default=None, help="With --trial: predict one trial.")
+@click.option("--ensemble", default=None, shell_complete=_complete_ensembles,
+              help="An ensemble name (hpo ensembles) or manifest.")
+@click.option("--study", "study_name", default=None, shell_complete=_complete_studies,
+              help="With --trial: predict one trial.")
 @click.option("--trial", "trial_number", type=int, default=None, help="Trial number.")
 @click.option("--data", "eval_dir", required=True, type=click.Path(),
               help="The eval folder (info.csv and images/).")

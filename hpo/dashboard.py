@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
-from hpo.artifacts import ArtifactPaths
-from hpo.storage import mask_url, open_storage, resolve_storage_url
+from optuna.artifacts import FileSystemArtifactStore
+
+from hpo.artifacts import default_artifacts_dir
+from hpo.storage import mask_url, resolve_storage_url
+from hpo.study import open_for_reading
 
 __all__ = ["serve"]
 
@@ -17,12 +21,15 @@ def serve(*, storage: str | None = None, artifacts: str | None = None,
     from optuna_dashboard import run_server
 
     url = resolve_storage_url(storage)
-    store = open_storage(url, heartbeat_interval=None)
-    paths = ArtifactPaths(artifacts)
+    store = open_for_reading(url)
+    # Reading creates nothing: without an artifact folder the dashboard shows no files.
+    folder = Path(artifacts) if artifacts else default_artifacts_dir()
+    files = FileSystemArtifactStore(str(folder / "store")) if (folder / "store").is_dir() \
+        else None
     print(f"dashboard for {mask_url(url)} on http://{host}:{port}/ (Ctrl-C to stop)",
           flush=True)
     try:
-        run_server(store, host=host, port=port, artifact_store=paths.store)
+        run_server(store, host=host, port=port, artifact_store=files)
     except OSError as exc:
         from hpo.errors import HpoError
 

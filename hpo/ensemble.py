@@ -14,11 +14,9 @@ sha256) and its preprocessing, so ``hpo predict`` can check that nothing changed
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,13 +30,20 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 from sklearn.metrics import f1_score
 
-from hpo.artifacts import ArtifactPaths, default_artifacts_dir
+from hpo.artifacts import ArtifactPaths
 from hpo.errors import EnsembleError
+from hpo.manifest import (
+    MANIFEST_FORMAT,
+    NAME_PATTERN,
+    ensembles_dir,
+    file_sha256,
+    manifest_table,
+    write_json_atomic,
+)
 from hpo.storage import mask_url, resolve_storage_url, with_retries
 
 __all__ = [
     "IMAGES_PER_PERSON",
-    "MANIFEST_FORMAT",
     "PromoteResult",
     "greedy_select",
     "topk_select",
@@ -46,19 +51,11 @@ __all__ = [
     "macro_f1",
     "person_halves",
     "promote",
-    "list_ensembles",
-    "load_manifest",
-    "find_manifest",
-    "manifest_table",
-    "ensembles_dir",
-    "file_sha256",
 ]
 
 log = logging.getLogger("hpo")
 
 IMAGES_PER_PERSON = 7
-MANIFEST_FORMAT = 1
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # Macro-F1 moves in steps of about 1/(18 * N); anything smaller is float noise, not a gain.
 _MIN_GAIN = 1e-12
 
@@ -220,114 +217,6 @@ def person_halves(n_rows: int, *, per_person: int = IMAGES_PER_PERSON) -> tuple[
 
 
 # ---------------------------------------------------------------------------------------------
-# manifests
-
-
-def ensembles_dir(artifacts: str | os.PathLike | None = None) -> Path:
-    """``<artifacts root>/ensembles`` (root: ``artifacts``, ``$HPO_ARTIFACTS`` or ./artifacts)."""
-    root = Path(artifacts) if artifacts else default_artifacts_dir()
-    return root / "ensembles"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes (read in chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _available(folder: Path) -> list[str]:
-    if not folder.is_dir():
-        return []
-    return sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith("."))
-
-
-def find_manifest(name_or_path: str | os.PathLike, *,
-                  artifacts: str | os.PathLike | None = None) -> Path:
-    """The manifest file of an ensemble name (``hpo ensembles``) or of a path to one.
-
-    Raises:
-        EnsembleError: no such ensemble; the message lists the available ones.
-    """
-    text = os.fspath(name_or_path)
-    path = Path(text)
-    if path.suffix == ".json" and path.is_file():
-        return path.resolve()
-    folder = ensembles_dir(artifacts)
-    path = folder / f"{text}.json"
-    if not _NAME.match(text) or not path.is_file():
-        names = _available(folder)
-        shown = ", ".join(names) if names else "none yet (make one with hpo promote)"
-        raise EnsembleError(f"no ensemble named {text!r} in {folder}; available: {shown}")
-    return path.resolve()
-
-
-def load_manifest(name_or_path: str | os.PathLike, *,
-                  artifacts: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Read an ensemble manifest by name (``hpo ensembles``) or by path to its JSON file.
-
-    Args:
-        name_or_path: an ensemble name, or the path of a manifest file.
-        artifacts: the artifact folder whose ``ensembles/`` holds named manifests.
-
-    Returns:
-        The manifest exactly as :func:`promote` wrote it.
-
-    Raises:
-        EnsembleError: no such ensemble (the message lists the available ones), or a file that
-            is not an ensemble manifest.
-    """
-    path = find_manifest(name_or_path, artifacts=artifacts)
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise EnsembleError(f"ensemble manifest {path} cannot be read ({type(exc).__name__}); "
-                            "re-run hpo promote to write it again") from None
-    if not isinstance(manifest, dict) or not manifest.get("members"):
-        raise EnsembleError(f"{path} is not an hpo ensemble manifest (no members); re-run "
-                            "hpo promote to write it again")
-    return manifest
-
-
-def list_ensembles(*, artifacts: str | os.PathLike | None = None) -> list[str]:
-    """One printable line per manifest in ``<artifacts>/ensembles``: name, study, members, F1 B.
-
-    Args:
-        artifacts: the artifact folder (default ``$HPO_ARTIFACTS`` or ./artifacts).
-
-    Returns:
-        Lines sorted by name; empty when there is no ensemble.
-    """
-    folder = ensembles_dir(artifacts)
-    rows = []
-    for name in _available(folder):
-        try:
-            m = load_manifest(folder / f"{name}.json")
-        except EnsembleError as exc:
-            rows.append(f"{name:<24} (unusable: {exc})")
-            continue
-        trials = ",".join(str(x["trial"]) for x in m["members"])
-        f1_b = m.get("f1", {}).get("report")
-        shown = f"{f1_b:.4f}" if isinstance(f1_b, (int, float)) else "-"
-        rows.append(f"{name:<24} study {m.get('study', '?'):<16} {m.get('method', '?'):<6} "
-                    f"members {len(m['members'])} (trials {trials})  f1 B {shown}  "
-                    f"created {m.get('created', '?')}")
-    return rows
-
-
-def _write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)  # readers see the old manifest or the new one, never half of one
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------------------------------------
 # promote
 
 
@@ -342,28 +231,6 @@ class PromoteResult:
     def table(self) -> str:
         """Members with weights and single-model F1 on both halves, the ensemble, the gain."""
         return manifest_table(self.manifest)
-
-
-def manifest_table(m: dict[str, Any]) -> str:
-    """The promotion table of a manifest (see :meth:`PromoteResult.table`)."""
-    split = m["split"]
-    lines = [
-        f"ensemble {m['name']} of study {m['study']}: {m['method']}, {len(m['members'])} "
-        f"member(s) from {m['candidates']} candidate(s)",
-        f"selected on half A ({split['select_people']} people, {split['select_images']} "
-        f"images), reported on half B ({split['report_people']} people, "
-        f"{split['report_images']} images)",
-        f"{'trial':>5}  {'model':<24} {'weight':>6}  {'f1 A':>6}  {'f1 B':>6}",
-    ]
-    for x in m["members"]:
-        lines.append(f"{x['trial']:>5}  {x['model']:<24} {x['weight']:>6.3f}  "
-                     f"{x['f1_select']:>6.4f}  {x['f1_report']:>6.4f}")
-    f1, single = m["f1"], m["best_single"]
-    lines.append(f"{'ensemble':<40}{f1['select']:>6.4f}  {f1['report']:>6.4f}  "
-                 f"(all {f1['all']:.4f})")
-    lines.append(f"best single model on A: trial {single['trial']}, f1 B "
-                 f"{single['f1_report']:.4f}; ensemble gain on B {m['gain_report']:+.4f}")
-    return "\n".join(lines)
 
 
 def _ranked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -421,7 +288,7 @@ def _candidates(ranked: list[optuna.trial.FrozenTrial], store: ArtifactPaths, *,
 
 def _member_record(c: _Candidate, *, weight: float, picks: int, f1_a: float, f1_b: float,
                    root: Path) -> dict[str, Any]:
-    from trainer.engine import load_checkpoint
+    from trainer import load_checkpoint
 
     ckpt = load_checkpoint(c.checkpoint)
     cfg = ckpt["config"]
@@ -447,6 +314,95 @@ def _member_record(c: _Candidate, *, weight: float, picks: int, f1_a: float, f1_
         "preprocessing": {"img_size": data.get("img_size"), "crop": data.get("crop"),
                           "mean": list(ckpt["mean"]), "std": list(ckpt["std"])},
     }
+
+
+def _check_promote_args(name: str, method: str, max_members: int, top: int) -> None:
+    if not NAME_PATTERN.match(name or ""):
+        raise EnsembleError(f"ensemble name {name!r} is not allowed; use letters, digits, '.', "
+                            "'_' and '-', starting with a letter or digit")
+    if method not in ("greedy", "topk"):
+        raise EnsembleError(f"method is {method!r}, but must be greedy or topk")
+    if max_members < 1 or top < 1:
+        raise EnsembleError(f"max_members is {max_members} and top is {top}; both must be >= 1")
+
+
+@dataclass
+class _Chosen:
+    """A selection and its scores: on half A (select), half B (report) and all rows."""
+
+    cands: list[_Candidate]
+    picks: list[int]
+    weights: dict[int, float]
+    half_a: np.ndarray
+    half_b: np.ndarray
+    single_a: list[float]
+    single_b: list[float]
+    f1: dict[str, float]
+
+
+def _choose(cands: list[_Candidate], labels: np.ndarray, *, method: str,
+            max_members: int) -> _Chosen:
+    half_a, half_b = person_halves(len(labels))
+    probs_a = [c.probs[half_a] for c in cands]
+    if method == "greedy":
+        picks = greedy_select(probs_a, labels[half_a], max_members=max_members)
+    else:
+        picks = topk_select(probs_a, labels[half_a], k=max_members)
+    weights = pick_weights(picks)
+
+    def f1_on(probs: np.ndarray, rows: np.ndarray | None = None) -> float:
+        return macro_f1(probs if rows is None else probs[rows],
+                        labels if rows is None else labels[rows])
+
+    ens = sum(w * cands[i].probs.astype(np.float64) for i, w in weights.items())
+    return _Chosen(
+        cands=cands, picks=picks, weights=weights, half_a=half_a, half_b=half_b,
+        single_a=[f1_on(c.probs, half_a) for c in cands],
+        single_b=[f1_on(c.probs, half_b) for c in cands],
+        f1={"select": f1_on(ens, half_a), "report": f1_on(ens, half_b), "all": f1_on(ens)},
+    )
+
+
+def _split_record(half_a: np.ndarray, half_b: np.ndarray) -> dict[str, Any]:
+    return {
+        "rule": f"validation rows in person groups of {IMAGES_PER_PERSON} (row // "
+                f"{IMAGES_PER_PERSON}); even groups = half A (select), odd = half B (report)",
+        "select_images": int(len(half_a)), "report_images": int(len(half_b)),
+        "select_people": int(-(-len(half_a) // IMAGES_PER_PERSON)),
+        "report_people": int(-(-len(half_b) // IMAGES_PER_PERSON)),
+    }
+
+
+def _manifest(study: optuna.Study, c: _Chosen, *, name: str, method: str, max_members: int,
+              top: int, storage: str | None, root) -> dict[str, Any]:
+    from hpo.objective import library_versions
+
+    counts = Counter(c.picks)
+    best = int(np.argmax(c.single_a))
+    members = [
+        _member_record(c.cands[i], weight=w, picks=counts[i], f1_a=c.single_a[i],
+                       f1_b=c.single_b[i], root=root)
+        for i, w in c.weights.items()
+    ]
+    manifest: dict[str, Any] = {
+        "format": MANIFEST_FORMAT, "name": name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "study": study.study_name, "storage": mask_url(resolve_storage_url(storage)),
+        "artifacts": str(root.resolve()), "method": method, "max_members": max_members,
+        "top": top, "candidates": len(c.cands),
+        "candidate_trials": [x.trial.number for x in c.cands],
+        "val_hash": c.cands[0].trial.user_attrs.get("val_hash"),
+        "split": _split_record(c.half_a, c.half_b),
+        "f1": c.f1,
+        "best_single": {"trial": c.cands[best].trial.number, "f1_select": c.single_a[best],
+                        "f1_report": c.single_b[best]},
+        "gain_report": c.f1["report"] - c.single_b[best],
+        "picks": [c.cands[i].trial.number for i in c.picks],
+        "members": members,
+        "versions": library_versions(),
+    }
+    # A JSON round trip, so what the caller gets equals what load_manifest reads back.
+    return json.loads(json.dumps(manifest, default=str))
 
 
 def promote(
@@ -485,77 +441,19 @@ def promote(
         EnsembleError: a bad name or method, no completed trial, the best trial's files
             missing from the artifact folder, or a validation set of fewer than 2 people.
     """
-    if not _NAME.match(name or ""):
-        raise EnsembleError(f"ensemble name {name!r} is not allowed; use letters, digits, '.', "
-                            "'_' and '-', starting with a letter or digit")
-    if method not in ("greedy", "topk"):
-        raise EnsembleError(f"method is {method!r}, but must be greedy or topk")
-    if max_members < 1 or top < 1:
-        raise EnsembleError(f"max_members is {max_members} and top is {top}; both must be >= 1")
+    _check_promote_args(name, method, max_members, top)
     store = ArtifactPaths(artifacts)
     cands, labels = _candidates(_ranked(study), store, top=top)
-    half_a, half_b = person_halves(len(labels))
-    probs_a = [c.probs[half_a] for c in cands]
-    if method == "greedy":
-        picks = greedy_select(probs_a, labels[half_a], max_members=max_members)
-    else:
-        picks = topk_select(probs_a, labels[half_a], k=max_members)
-    weights = pick_weights(picks)
-    counts = Counter(picks)
-
-    def f1_on(probs: np.ndarray, rows: np.ndarray | None = None) -> float:
-        return macro_f1(probs if rows is None else probs[rows],
-                        labels if rows is None else labels[rows])
-
-    ens = sum(w * cands[i].probs.astype(np.float64) for i, w in weights.items())
-    single_a = [f1_on(c.probs, half_a) for c in cands]
-    best_single = int(np.argmax(single_a))
-    f1_ens = {"select": f1_on(ens, half_a), "report": f1_on(ens, half_b), "all": f1_on(ens)}
-    f1_single_b = f1_on(cands[best_single].probs, half_b)
-    members = [
-        _member_record(cands[i], weight=w, picks=counts[i], f1_a=single_a[i],
-                       f1_b=f1_on(cands[i].probs, half_b), root=store.root)
-        for i, w in weights.items()
-    ]
-    from hpo.objective import library_versions
-
+    chosen = _choose(cands, labels, method=method, max_members=max_members)
+    manifest = _manifest(study, chosen, name=name, method=method, max_members=max_members,
+                         top=top, storage=storage, root=store.root)
     path = ensembles_dir(store.root) / f"{name}.json"
-    manifest: dict[str, Any] = {
-        "format": MANIFEST_FORMAT,
-        "name": name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "study": study.study_name,
-        "storage": mask_url(resolve_storage_url(storage)),
-        "artifacts": str(store.root.resolve()),
-        "method": method,
-        "max_members": max_members,
-        "top": top,
-        "candidates": len(cands),
-        "candidate_trials": [c.trial.number for c in cands],
-        "val_hash": cands[0].trial.user_attrs.get("val_hash"),
-        "split": {
-            "rule": f"validation rows in person groups of {IMAGES_PER_PERSON} (row // "
-                    f"{IMAGES_PER_PERSON}); even groups = half A (select), odd = half B "
-                    "(report)",
-            "select_images": int(len(half_a)), "report_images": int(len(half_b)),
-            "select_people": int(-(-len(half_a) // IMAGES_PER_PERSON)),
-            "report_people": int(-(-len(half_b) // IMAGES_PER_PERSON)),
-        },
-        "f1": f1_ens,
-        "best_single": {"trial": cands[best_single].trial.number,
-                        "f1_select": single_a[best_single], "f1_report": f1_single_b},
-        "gain_report": f1_ens["report"] - f1_single_b,
-        "picks": [cands[i].trial.number for i in picks],
-        "members": members,
-        "versions": library_versions(),
-    }
-    # A JSON round trip first, so what the caller gets equals what load_manifest reads back.
-    manifest = json.loads(json.dumps(manifest, default=str))
-    _write_json_atomic(manifest, path)
+    write_json_atomic(manifest, path)
     summary = {
         "created": manifest["created"], "method": method,
-        "members": [[x["trial"], round(x["weight"], 4)] for x in members],
-        "f1_select": round(f1_ens["select"], 5), "f1_report": round(f1_ens["report"], 5),
+        "members": [[x["trial"], round(x["weight"], 4)] for x in manifest["members"]],
+        "f1_select": round(manifest["f1"]["select"], 5),
+        "f1_report": round(manifest["f1"]["report"], 5),
         "gain_report": round(manifest["gain_report"], 5), "manifest": str(path.resolve()),
     }
     with_retries(lambda: study.set_user_attr(f"ensemble:{name}", summary),

@@ -1,7 +1,7 @@
 """The service's errors. The CLI prints any of them (and the trainer's) as one line."""
 from __future__ import annotations
 
-from trainer.errors import TrainerError
+from trainer import TrainerError
 
 __all__ = ["HpoError", "SpecError", "StorageError", "EnsembleError"]
 

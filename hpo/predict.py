@@ -1,7 +1,7 @@
 """Prediction: a submission (``ImageID,ans`` in info.csv order) from an ensemble or one trial.
 
 Every member's checkpoint is checked against the manifest (exists, same sha256) before any
-image is read, each member predicts with its own preprocessing (``trainer.engine.predict``
+image is read, each member predicts with its own preprocessing (``trainer.predict``
 reads it from the checkpoint), and the members are combined by weighted soft or hard voting.
 The CSV appears all at once (temporary file + rename) or not at all.
 """
@@ -20,8 +20,8 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from hpo.artifacts import ArtifactPaths
-from hpo.ensemble import file_sha256, find_manifest, load_manifest
 from hpo.errors import EnsembleError
+from hpo.manifest import file_sha256, find_manifest, load_manifest
 
 __all__ = ["Member", "resolve_members", "verify_members", "member_probs", "combine",
            "predict_submission"]
@@ -64,20 +64,19 @@ def _manifest_members(ensemble: str, artifacts: str | os.PathLike | None) -> lis
 
 def _trial_member(study: str, number: int, storage: str | None,
                   artifacts: str | os.PathLike | None) -> Member:
-    from hpo.spec import load_study_spec
-    from hpo.worker import open_study
+    from hpo.study import load
 
-    spec = load_study_spec(study)
-    opened = open_study(spec, storage=storage, heartbeat_interval=None, create=False)
+    opened = load(study, storage=storage)
+    name = opened.study_name
     trials = {t.number: t for t in opened.get_trials(deepcopy=False)}
     if number not in trials:
         shown = f"0..{max(trials)}" if trials else "none yet"
-        raise EnsembleError(f"study {spec.name} has no trial {number} (trials: {shown}); see "
-                            f"hpo status --study {spec.name}")
+        raise EnsembleError(f"study {name} has no trial {number} (trials: {shown}); see "
+                            f"hpo status --study {name}")
     trial = trials[number]
     if trial.state != TrialState.COMPLETE:
-        raise EnsembleError(f"trial {number} of study {spec.name} is {trial.state.name}, not "
-                            f"COMPLETE; pick a completed trial (hpo status --study {spec.name})")
+        raise EnsembleError(f"trial {number} of study {name} is {trial.state.name}, not "
+                            f"COMPLETE; pick a completed trial (hpo status --study {name})")
     checkpoint = ArtifactPaths(artifacts).stored_path(trial, "best.pt")
     return Member(trial=number, checkpoint=checkpoint, weight=1.0)
 
@@ -159,7 +158,7 @@ def member_probs(
     Raises:
         DataError: an unusable checkpoint, or a missing or unreadable image.
     """
-    from trainer.engine import load_checkpoint, predict
+    from trainer import load_checkpoint, predict
 
     stream = stream if stream is not None else sys.stderr
     batches = -(-len(paths) // batch_size)
@@ -268,7 +267,7 @@ def predict_submission(
         EnsembleError: unknown ensemble or trial, missing or altered checkpoint, bad vote.
         DataError: no or empty info.csv, duplicate ImageID, missing or unreadable image.
     """
-    from trainer.layout import read_eval
+    from trainer import read_eval
 
     if vote not in ("soft", "hard"):
         raise EnsembleError(f"vote is {vote!r}, but must be soft or hard")

@@ -11,127 +11,34 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import sys
 import time
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
+from hpo.admin import FailureStreak, failure_streak, streak_error
 from hpo.artifacts import ArtifactPaths
-from hpo.errors import HpoError
+from hpo.budget import Budget, BudgetLock, budget_state
+from hpo.diskcheck import check_artifacts_writable, check_room
 from hpo.objective import Objective
-from hpo.space import enqueue_params
-from hpo.spec import SamplerSpec, StudySpec, create_pruner, create_sampler
-from hpo.storage import MAX_RETRY, mask_url, open_storage, resolve_storage_url, with_retries
+from hpo.spec import StudySpec
+from hpo.storage import MAX_RETRY, mask_url, resolve_storage_url, storage_of, with_retries
+from hpo.study import create_or_resume
+from trainer import COMPETITION_AGE_BINS, scan_train
 
 __all__ = [
-    "Budget",
-    "budget_state",
+    "STREAK_EXIT",
     "check_data",
     "install_stop_signals",
-    "open_study",
     "run_worker",
-    "worker_seed_offset",
+    "worker_main",
 ]
 
 log = logging.getLogger("hpo")
-_SPLIT_ATTR = "hpo_split"
-
-
-@dataclass(frozen=True)
-class Budget:
-    """When a worker stops: after ``n_trials`` lineages in the study, or ``timeout`` seconds."""
-
-    n_trials: int | None
-    timeout: float | None
-
-
-def _split_of(spec: StudySpec, train_dir: str | None) -> dict[str, Any]:
-    split = dict(spec.data)
-    if train_dir:
-        split["train_dir"] = train_dir
-    split["train_dir"] = os.path.abspath(split["train_dir"])
-    return split
-
-
-def open_study(
-    spec: StudySpec,
-    *,
-    storage: str | None = None,
-    train_dir: str | None = None,
-    heartbeat_interval: int | None = 30,
-    create: bool = True,
-    seed_offset: int = 0,
-) -> optuna.Study:
-    """Create the study named after the spec, or load it if it exists (never starts over).
-
-    A new study records its validation split and enqueues the study file's first trials. An
-    existing study must have been made with the same split: every trial of a study validates on
-    the same people, which promotion relies on.
-
-    Raises:
-        StorageError: the storage cannot be reached.
-        HpoError: the study does not exist (with ``create=False``), or its split differs.
-    """
-    url = resolve_storage_url(storage)
-    store = open_storage(url, heartbeat_interval=heartbeat_interval)
-    if not create:
-        names = with_retries(lambda: [s.study_name for s in store.get_all_studies()],
-                             what="listing studies")
-        if spec.name not in names:
-            raise HpoError(f"study {spec.name!r} does not exist in {mask_url(url)}; start it "
-                           f"with: hpo launch --study {spec.name}")
-    # Parallel workers with one seed would all propose the same settings: each gets its own.
-    sampler_spec = _offset_seed(spec.sampler, seed_offset)
-    study = with_retries(lambda: optuna.create_study(
-        study_name=spec.name, storage=store, sampler=create_sampler(sampler_spec),
-        pruner=create_pruner(spec.pruner), direction=spec.direction, load_if_exists=True,
-    ), what="opening the study")
-    split = _split_of(spec, train_dir)
-    recorded = study.user_attrs.get(_SPLIT_ATTR)
-    if recorded is None:
-        study.set_user_attr(_SPLIT_ATTR, split)
-        study.set_user_attr("metric", spec.metric)
-        study.set_user_attr("study_file", spec.path)
-        for params in enqueue_params(spec):
-            study.enqueue_trial(params, skip_if_exists=True)
-    elif _comparable(recorded) != _comparable(split):
-        raise HpoError(f"study {spec.name!r} was started with split {recorded}, but now "
-                       f"{split}; every trial must validate on the same people: restore the "
-                       "study file's data section (or --data), or rename the study")
-    return study
-
-
-def worker_seed_offset() -> int:
-    """Which worker this process is, for its sampler seed (see :func:`open_study`).
-
-    ``hpo launch`` numbers its workers (``HPO_WORKER_INDEX``): worker 0 keeps the study file's
-    seed, so a one-worker study is reproducible. A worker started by hand on another machine
-    takes an offset from its host name and process id.
-    """
-    index = os.environ.get("HPO_WORKER_INDEX", "")
-    if index.isdigit():
-        return int(index)
-    return zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 100_003 + 1
-
-
-def _offset_seed(sampler: SamplerSpec, offset: int) -> SamplerSpec:
-    seed = sampler.options.get("seed")
-    if seed is None or offset == 0:
-        return sampler
-    return replace(sampler, options={**sampler.options, "seed": (seed + 7919 * offset) % 2**32})
-
-
-def _comparable(split: dict[str, Any]) -> dict[str, Any]:
-    # The data folder may be mounted elsewhere on another machine; its name and the split
-    # settings must agree.
-    return {**split, "train_dir": os.path.basename(os.path.normpath(split["train_dir"]))}
+STREAK_EXIT = 3  # a worker's exit code when it stopped on a failure streak
 
 
 def check_data(spec: StudySpec, train_dir: str | None = None) -> int:
@@ -142,22 +49,11 @@ def check_data(spec: StudySpec, train_dir: str | None = None) -> int:
     Raises:
         DataError: missing folder, no parsable person folders, a person missing an image.
     """
-    from trainer.layout import scan_train
-
     fixed_data = spec.fixed.get("data") or {}
     frame = scan_train(train_dir or spec.data["train_dir"],
-                       age_bins=tuple(fixed_data.get("age_bins", (30, 60))),
+                       age_bins=tuple(fixed_data.get("age_bins", COMPETITION_AGE_BINS)),
                        relabel_csv=fixed_data.get("relabel_csv"))
     return len(frame)
-
-
-def budget_state(study: optuna.Study) -> tuple[int, int, int]:
-    """(lineages so far, trials waiting, trials running)."""
-    trials = study.get_trials(deepcopy=False)
-    lineages = sum(1 for t in trials if "failed_trial" not in t.system_attrs)
-    waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
-    running = sum(1 for t in trials if t.state == TrialState.RUNNING)
-    return lineages, waiting, running
 
 
 def install_stop_signals() -> None:
@@ -185,48 +81,81 @@ def run_worker(
     fit: Callable | None = None,
     on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
     seed_offset: int = 0,
+    max_failures: int = 3,
 ) -> int:
     """Run trials of the study until its budget is met; returns how many this worker ran.
 
     Trials that fail (NaN loss, out of memory, a bad image) are recorded FAIL with their reason
-    and the worker goes on; trials of dead workers are retried from their last checkpoint.
+    and the worker goes on, unless the study's last ``max_failures`` trials all failed with the
+    same reason (0: never stop); trials of dead workers are retried from their last checkpoint.
 
     Raises:
         KeyboardInterrupt: on Ctrl-C or SIGTERM, after the running trial was recorded FAIL.
+        FailureStreak: the study's trials keep failing the same way.
     """
     budget = budget or Budget(spec.n_trials, spec.timeout)
     if fit is None:  # a stand-in trainer (storage benchmark) reads no data
         check_data(spec, train_dir)
-    study = open_study(spec, storage=storage, train_dir=train_dir,
-                       heartbeat_interval=heartbeat_interval, seed_offset=seed_offset)
-    objective = Objective(spec, ArtifactPaths(artifacts), train_dir=train_dir, fit=fit)
+    check_artifacts_writable(artifacts)
+    url = resolve_storage_url(storage)
+    study = create_or_resume(spec, storage=url, train_dir=train_dir,
+                             heartbeat_interval=heartbeat_interval, seed_offset=seed_offset)
+    objective = Objective(spec, ArtifactPaths(artifacts), train_dir=train_dir, fit=fit,
+                          storage=storage_of(study))
+    lock = BudgetLock(url, spec.name)
+    try:
+        return _trials_until_done(study, objective, lock, spec=spec, budget=budget,
+                                  artifacts=artifacts, heartbeat_interval=heartbeat_interval,
+                                  max_failures=max_failures,
+                                  callbacks=[_notify(on_trial)] if on_trial else None)
+    finally:
+        lock.close()
+
+
+def _trials_until_done(study: optuna.Study, objective: Objective, lock: BudgetLock, *,
+                       spec: StudySpec, budget: Budget, artifacts: str | None,
+                       heartbeat_interval: int | None, max_failures: int, callbacks) -> int:
     started = time.monotonic()
     ran = 0
-    callbacks = [_notify(on_trial)] if on_trial else None
-    while True:
-        if budget.timeout is not None and time.monotonic() - started >= budget.timeout:
-            break
+    while budget.timeout is None or time.monotonic() - started < budget.timeout:
+        reason = with_retries(lambda: failure_streak(study, max_failures),
+                              what="reading recent trials")
+        if reason is not None:
+            raise streak_error(spec.name, max_failures, reason)
+        check_room(artifacts)
         if heartbeat_interval:
             # A dead worker's trial only turns FAIL (and gets its retry) when someone looks.
             with_retries(lambda: fail_stale_trials(study), what="checking for dead workers")
-        lineages, waiting, running = with_retries(lambda: budget_state(study),
-                                                  what="counting trials")
-        if budget.n_trials is not None and lineages >= budget.n_trials and not waiting:
-            if running and heartbeat_interval:
-                # One of them may belong to a dead worker: wait until it finishes or its
-                # heartbeat goes stale and it comes back as a retry to run here.
-                time.sleep(min(heartbeat_interval, 5))
-                continue
-            break
+        # Held from the count until the new trial exists (the objective's first line releases
+        # it), so workers starting at once cannot overshoot the budget.
+        with_retries(lock.acquire, what="taking the study's budget lock")
         try:
-            with_retries(lambda: study.optimize(objective, n_trials=1, catch=(Exception,),
-                                                callbacks=callbacks),
-                         what="running a trial")
-        except KeyboardInterrupt:
-            _retry_interrupted(study, objective.current_trial)
-            raise
+            lineages, waiting, running = with_retries(lambda: budget_state(study),
+                                                      what="counting trials")
+            if budget.n_trials is not None and lineages >= budget.n_trials and not waiting:
+                lock.release()
+                if running and heartbeat_interval:
+                    # One of them may belong to a dead worker: wait until it finishes or its
+                    # heartbeat goes stale and it comes back as a retry to run here.
+                    time.sleep(min(heartbeat_interval, 5))
+                    continue
+                break
+            objective.on_start = lock.release
+            _run_one(study, objective, callbacks)
+        finally:
+            lock.release()
         ran += 1
     return ran
+
+
+def _run_one(study: optuna.Study, objective: Objective, callbacks) -> None:
+    try:
+        with_retries(lambda: study.optimize(objective, n_trials=1, catch=(Exception,),
+                                            callbacks=callbacks),
+                     what="running a trial")
+    except KeyboardInterrupt:
+        _retry_interrupted(study, objective.current_trial)
+        raise
 
 
 def _retry_interrupted(study: optuna.Study, number: int | None) -> None:
@@ -253,8 +182,16 @@ def worker_main(spec: StudySpec, **kwargs) -> int:
     try:
         run_worker(spec, **kwargs)
     except KeyboardInterrupt:
+        hint = f"hpo worker --study {spec.name}"
+        if kwargs.get("train_dir"):
+            hint += f" --data {kwargs['train_dir']}"
+        if kwargs.get("storage"):
+            hint += f" --storage {mask_url(resolve_storage_url(kwargs['storage']))}"
         print(f"worker stopped; its running trial was recorded FAIL and queued to resume from "
-              f"its last checkpoint. Resume with: hpo worker --study {spec.name}",
-              file=sys.stderr)
+              f"its last checkpoint. Resume with: {hint}", file=sys.stderr)
         return 130
+    except FailureStreak as exc:
+        if os.environ.get("HPO_LAUNCHED") != "1":  # hpo launch says it once for all workers
+            print(f"Error: {exc}", file=sys.stderr)
+        return STREAK_EXIT
     return 0

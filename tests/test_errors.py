@@ -4,6 +4,7 @@ Each case's message must also appear in docs/errors.md, so the table stays true.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
@@ -14,8 +15,11 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from hpo.spec import load_study_spec
-from hpo.worker import Budget, open_study, run_worker
+from hpo.budget import Budget
+from hpo.errors import HpoError
+from hpo.study import create_or_resume
+from hpo.studyfiles import load_study_spec
+from hpo.worker import run_worker
 from tests.conftest import REPO, cli, tiny_raw
 
 DOC = (REPO / "docs" / "errors.md").read_text().replace("\\|", "|")  # table escapes
@@ -187,7 +191,7 @@ def test_changed_checkpoint(one_trial, tiny_data, tmp_path):
 
 def test_promote_without_completed_trials(tmp_path):
     storage = f"sqlite:///{tmp_path}/hpo.db"
-    open_study(load_study_spec("smoke"), storage=storage, heartbeat_interval=None)
+    create_or_resume(load_study_spec("smoke"), storage=storage, heartbeat_interval=None)
     out = cli("promote", "--study", "smoke", "--storage", storage, "--artifacts",
               str(tmp_path / "art"))
     _assert_one_line(out, "study smoke has no completed trial; run hpo launch --study smoke")
@@ -212,3 +216,42 @@ def test_refused_login_is_masked(postgres_url):
     _assert_one_line(out, "refused the login")
     assert "hunter2" not in out.stderr and "nobody:***@" in out.stderr
     _in_doc("refused the login")
+
+
+def test_reading_without_a_database_creates_nothing(tmp_path):
+    for args in (("status", "--study", "smoke"), ("best", "--study", "smoke"),
+                 ("promote", "--study", "smoke"), ("dashboard", "--port", "1")):
+        out = cli(*args, cwd=tmp_path)
+        _assert_one_line(out, "no study database at hpo.db (storage sqlite:///hpo.db), so no")
+        assert list(tmp_path.iterdir()) == []
+    _in_doc("so no study 'smoke' there; start one with: hpo launch --study smoke")
+
+
+def test_an_unwritable_artifact_folder_stops_before_anything_is_created(tiny_data, tmp_path):
+    for target, why in (("/sys/hpo-artifacts", "Permission denied"),
+                        (str(tmp_path / "afile" / "art"), "Not a directory")):
+        (tmp_path / "afile").write_text("not a folder")
+        if why == "Permission denied" and os.access("/sys", os.W_OK):
+            continue  # this machine lets us write to /sys: nothing to test there
+        out = cli("launch", "--study", "smoke", "--data", str(tiny_data / "train"),
+                  "--storage", f"sqlite:///{tmp_path}/hpo.db", "--artifacts", target)
+        _assert_one_line(out, f"cannot write to the artifact folder {target}")
+        assert why in out.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    _in_doc("); make it writable or point --artifacts / HPO_ARTIFACTS elsewhere")
+
+
+def test_room_for_a_trial_is_twice_the_largest_checkpoint(tmp_path):
+    from hpo.diskcheck import FIRST_TRIAL_BYTES, check_room, room_needed
+
+    assert room_needed(tmp_path) == FIRST_TRIAL_BYTES
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "ckpt").write_bytes(b"\0" * (FIRST_TRIAL_BYTES // 2 + 10))
+    assert room_needed(tmp_path) == FIRST_TRIAL_BYTES + 20
+    check_room(tmp_path)  # this disk has that much room
+    huge = tmp_path / "store" / "huge"
+    with open(huge, "wb") as f:  # a sparse file: large on paper, nothing on disk
+        f.truncate(shutil.disk_usage(tmp_path).free)
+    with pytest.raises(HpoError, match=r"free, but a trial needs about \d+ MiB"):
+        check_room(tmp_path)
+    _in_doc("(two checkpoints); free some space ...")

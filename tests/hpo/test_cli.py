@@ -31,7 +31,7 @@ def test_launch_runs_the_smoke_study(smoke):
     out = smoke["out"]
     assert out.returncode == 0, out.stderr
     assert "study smoke in sqlite:///" in out.stdout
-    assert "complete " in out.stdout and "best trial" in out.stdout
+    assert "finished 3/3: complete " in out.stdout and "best trial" in out.stdout
     study = optuna.load_study(study_name="smoke", storage=smoke["storage"])
     states = [t.state for t in study.trials]
     assert len(states) == 3 and TrialState.RUNNING not in states
@@ -54,7 +54,7 @@ def test_status_and_best_print_the_trials(smoke):
     status = cli("status", "--study", "smoke", *smoke["args"][:2])
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
-    assert lines[0] == "study smoke: 3 trials"
+    assert lines[0] == "study smoke: 3 trials (f1, maximize)"
     assert "state" in lines[1] and "params" in lines[1]
     assert sum(" COMPLETE " in line or " PRUNED " in line for line in lines) == 3
     assert lines[-1].startswith("best: trial ")
@@ -74,6 +74,12 @@ def test_resuming_adds_trials(smoke, tiny_data):
     study = optuna.load_study(study_name="smoke", storage=smoke["storage"])
     assert len(study.trials) == 4
     assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    # a relaunch does not replay the first launch's proposals
+    assert len({json.dumps(t.params, sort_keys=True) for t in study.trials}) == 4
+    again = cli("launch", "--study", "smoke", "--n-trials", "4", *smoke["args"])
+    assert again.returncode == 0, again.stderr
+    assert "budget met: 4/4 trials finished" in again.stdout and "best trial" in again.stdout
+    assert len(optuna.load_study(study_name="smoke", storage=smoke["storage"]).trials) == 4
 
 
 def test_study_errors_are_one_line(tmp_path):
@@ -84,14 +90,16 @@ def test_study_errors_are_one_line(tmp_path):
     assert out.stderr.startswith("Error: ") and "low" in out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
     out = cli("status", "--study", "nosuchstudy", "--storage", f"sqlite:///{tmp_path}/x.db")
-    assert out.returncode == 1 and "nosuchstudy" in out.stderr and "smoke" in out.stderr
+    assert out.returncode == 1 and "no study database at" in out.stderr
+    assert "nosuchstudy" in out.stderr and not (tmp_path / "x.db").exists()
 
 
 def test_status_of_a_study_never_launched(tmp_path):
+    optuna.create_study(study_name="other", storage=f"sqlite:///{tmp_path}/x.db")
     out = cli("status", "--study", "smoke", "--storage", f"sqlite:///{tmp_path}/x.db")
     assert out.returncode == 1
-    assert "study 'smoke' does not exist" in out.stderr and "hpo launch --study smoke" in \
-        out.stderr
+    assert "study 'smoke' does not exist" in out.stderr and "(studies there: other)" in \
+        out.stderr and "hpo launch --study smoke" in out.stderr
 
 
 def test_unreachable_database_at_start(tiny_data):
@@ -141,3 +149,27 @@ def test_dashboard_serves_the_study(smoke):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_shell_completion_names_studies_and_ensembles(smoke):
+    env = {"_HPO_COMPLETE": "bash_complete", "HPO_STORAGE": smoke["storage"],
+           "HPO_ARTIFACTS": str(smoke["root"] / "artifacts")}
+    out = cli(env={**env, "COMP_WORDS": "hpo status --study sm", "COMP_CWORD": "3"})
+    assert out.stdout.split() == ["plain,smoke"], out.stderr
+    out = cli(env={**env, "COMP_WORDS": "hpo launch --study ", "COMP_CWORD": "3"})
+    assert {"plain,smoke", "plain,effnet"} <= set(out.stdout.split())
+
+
+@pytest.mark.slow
+def test_demo_runs_the_whole_flow(tmp_path):
+    """The README's one-command quickstart."""
+    out = cli("demo", str(tmp_path / "demo"), timeout=900)
+    assert out.returncode == 0, out.stderr
+    for line in ("1/4 making demo data", "2/4 study smoke (6 trials)", "3/4 ensemble smoke-greedy",
+                 "4/4 submission (84 images)", "done: best trial f1 "):
+        assert line in out.stdout, out.stdout
+    assert (tmp_path / "demo" / "submission.csv").read_text().startswith("ImageID,ans\n")
+    again = cli("demo", str(tmp_path / "demo"), timeout=600)  # reuses data and study
+    assert again.returncode == 0, again.stderr
+    assert "(already there)" in again.stdout and "budget met: 6/6" in again.stdout

@@ -18,11 +18,9 @@ import yaml
 from optuna.trial import TrialState
 
 from hpo.artifacts import ArtifactPaths
+from hpo.budget import Budget
 from hpo.ensemble import (
-    file_sha256,
     greedy_select,
-    list_ensembles,
-    load_manifest,
     macro_f1,
     person_halves,
     pick_weights,
@@ -30,11 +28,12 @@ from hpo.ensemble import (
     topk_select,
 )
 from hpo.errors import EnsembleError
-from hpo.spec import load_study_spec
-from hpo.worker import Budget, open_study, run_worker
+from hpo.manifest import file_sha256, list_ensembles, load_manifest
+from hpo.study import create_or_resume, load
+from hpo.studyfiles import load_study_spec
+from hpo.worker import run_worker
 from tests.conftest import REPO
-from trainer.engine import load_checkpoint
-from trainer.metrics import classification_metrics
+from trainer import classification_metrics, load_checkpoint
 
 # ---------------------------------------------------------------------------------------------
 # a real study, trained once per test session (test_predict.py shares it)
@@ -51,8 +50,7 @@ class StudyRun:
     root: Path
 
     def study(self) -> optuna.Study:
-        return open_study(load_study_spec(self.study_file), storage=self.storage,
-                          heartbeat_interval=None, create=False)
+        return load(self.name, storage=self.storage)
 
     def args(self, artifacts: Path | None = None) -> list[str]:
         return ["--storage", self.storage, "--artifacts", str(artifacts or self.artifacts)]
@@ -315,8 +313,8 @@ def test_promote_without_a_completed_trial(tiny_data, tmp_path):
     study_file = write_study_file(tmp_path, "nothing-done")
     storage = f"sqlite:///{tmp_path}/empty.db"
     # created (with its enqueued first trial WAITING) but never run
-    open_study(load_study_spec(study_file), storage=storage, train_dir=str(tiny_data / "train"),
-               heartbeat_interval=None)
+    create_or_resume(load_study_spec(study_file), storage=storage,
+                     train_dir=str(tiny_data / "train"), heartbeat_interval=None)
     message = ("study nothing-done has no completed trial; run hpo launch --study nothing-done "
                "first")
     with pytest.raises(EnsembleError) as err:

@@ -16,8 +16,9 @@ from optuna.trial import TrialState
 from timm.models import register_model
 from torch import nn
 
-from hpo.spec import load_study_spec
-from hpo.worker import Budget, run_worker
+from hpo.budget import Budget
+from hpo.studyfiles import load_study_spec
+from hpo.worker import run_worker
 from tests.conftest import REPO
 
 SLOW_STUDY = {

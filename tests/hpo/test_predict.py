@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 from hpo.artifacts import ArtifactPaths
-from hpo.ensemble import file_sha256, load_manifest, promote
+from hpo.ensemble import promote
 from hpo.errors import EnsembleError
+from hpo.manifest import file_sha256, load_manifest
 from hpo.predict import combine, predict_submission
 from tests.hpo.test_ensemble import StudyRun, assert_one_line_error, cli, shared_study_run
-from trainer.engine import predict
-from trainer.layout import read_eval
+from trainer import predict, read_eval
 
 
 @pytest.fixture(scope="module")

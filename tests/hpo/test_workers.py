@@ -6,8 +6,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from hpo.spec import load_study_spec
-from hpo.worker import Budget, run_worker
+from hpo.budget import Budget
+from hpo.studyfiles import load_study_spec
+from hpo.worker import run_worker
 from tests.conftest import cli
 
 
@@ -18,8 +19,8 @@ def _check_finished(storage: str, name: str, n: int, out) -> list:
     states = [t.state for t in study.trials]
     assert TrialState.RUNNING not in states and TrialState.WAITING not in states
     finished = [s for s in states if s in (TrialState.COMPLETE, TrialState.PRUNED)]
-    # workers check the budget before each trial; two may pass the check at once
-    assert n <= len(finished) <= n + 1, states
+    # the budget is exact: workers count and create trials under the study's budget lock
+    assert len(finished) == n, states
     assert TrialState.FAIL not in states
     return study.trials
 
@@ -76,7 +77,7 @@ def test_pruning_really_prunes(tiny_data, tmp_path):
 
 
 def test_parallel_workers_sample_with_different_seeds(tmp_path, monkeypatch):
-    from hpo.worker import open_study, worker_seed_offset
+    from hpo.study import create_or_resume, worker_seed_offset
 
     spec = load_study_spec("smoke")
     monkeypatch.setenv("HPO_WORKER_INDEX", "0")
@@ -85,13 +86,14 @@ def test_parallel_workers_sample_with_different_seeds(tmp_path, monkeypatch):
     assert worker_seed_offset() == 3
     monkeypatch.delenv("HPO_WORKER_INDEX")
     assert worker_seed_offset() > 0  # a worker started by hand: from host and pid
-    storage = f"sqlite:///{tmp_path}/s.db"
     proposals = []
-    for offset in (0, 0, 1):
-        study = open_study(spec, storage=storage, heartbeat_interval=None, seed_offset=offset,
-                           train_dir="demo/train")
+    for offset, db in ((0, "a"), (0, "b"), (1, "c"), (0, "c")):
+        study = create_or_resume(spec, storage=f"sqlite:///{tmp_path}/{db}.db",
+                                 heartbeat_interval=None, seed_offset=offset,
+                                 train_dir="demo/train")
         trial = study.sampler.sample_independent(
             study, study.ask(), "x", optuna.distributions.FloatDistribution(0, 1))
         proposals.append(trial)
-    assert proposals[0] == proposals[1]  # worker 0 keeps the study file's seed
-    assert proposals[2] != proposals[0]
+    assert proposals[0] == proposals[1]  # worker 0 of a new study keeps the file's seed
+    assert proposals[2] != proposals[0]  # another worker: another seed
+    assert proposals[3] != proposals[0]  # worker 0 joining a study with history: another

@@ -1,0 +1,169 @@
+"""``hpo launch``: create or resume a study, start its worker processes, watch them.
+
+One worker per GPU (``--gpus 0,1``: each sees one device through ``CUDA_VISIBLE_DEVICES``) or N
+workers on the CPU. Workers get the storage URL in their environment, never in argv (``ps``
+shows argv to every user of the machine). A terminal's Ctrl-C reaches only the launcher, which
+forwards one SIGTERM to each worker; each records its running trial FAIL and queues its resume.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from hpo.diskcheck import check_artifacts_writable, check_room
+from hpo.errors import HpoError
+from hpo.preflight import check_models
+from hpo.progress import Counts, watch
+from hpo.spec import StudySpec
+from hpo.storage import mask_url, resolve_storage_url, with_retries
+from hpo.study import create_or_resume, data_folder, spec_for
+from hpo.worker import check_data
+
+__all__ = ["Launch", "budget_met", "devices_of", "prepare_launch", "run_workers"]
+
+log = logging.getLogger("hpo")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What a launch runs: the study file, where, on which data, with which budget."""
+
+    spec: StudySpec
+    url: str
+    train_dir: str | None
+    study: optuna.Study
+    target: int | None
+    heartbeat: int
+    max_failures: int = 3
+    n_trials: int | None = None
+    timeout: float | None = None
+    artifacts: str | None = None
+
+    def resume_hint(self) -> str:
+        """The command that resumes this launch (storage shown with its password masked)."""
+        hint = f"hpo launch --study {self.spec.name}"
+        if self.train_dir:
+            hint += f" --data {self.train_dir}"
+        if self.url != resolve_storage_url(None):
+            hint += f" --storage {mask_url(self.url)}"
+        if self.artifacts:
+            hint += f" --artifacts {self.artifacts}"
+        return hint
+
+
+def prepare_launch(study_name: str, *, storage: str | None, train_dir: str | None,
+                   n_trials: int | None, timeout: float | None, heartbeat: int,
+                   artifacts: str | None, max_failures: int = 3) -> Launch:
+    """Check everything, then create or resume the study (nothing is created on a bad input).
+
+    Checked first: the study file, the data folder, every model the study can sample (its
+    weights resolve on this machine, it builds at the study's image size and head), and the
+    artifact folder (writable, with room for a trial).
+    An existing study launched without ``--data`` trains on the folder it recorded.
+
+    Raises:
+        SpecError, DataError, StorageError, HpoError: one line each.
+    """
+    url = resolve_storage_url(storage)
+    spec = spec_for(study_name, storage=url)
+    train_dir = data_folder(spec.name, train_dir, storage=url)
+    check_data(spec, train_dir)
+    for line in check_models(spec, train_dir=train_dir):
+        log.info("pre-flight: %s", line)
+    check_artifacts_writable(artifacts)
+    check_room(artifacts)
+    study = create_or_resume(spec, storage=url, train_dir=train_dir, heartbeat_interval=heartbeat)
+    return Launch(spec=spec, url=url, train_dir=train_dir, study=study,
+                  target=n_trials or spec.n_trials, heartbeat=heartbeat,
+                  max_failures=max_failures, n_trials=n_trials, timeout=timeout,
+                  artifacts=artifacts)
+
+
+def budget_met(launch: Launch) -> str | None:
+    """A line saying the budget is already met (nothing to run), or None when there is work.
+
+    Work is left when fewer lineages than the target exist, or trials wait (retries, enqueued).
+    """
+    if not launch.target:
+        return None
+    trials = with_retries(lambda: launch.study.get_trials(deepcopy=False),
+                          what="counting trials")
+    counts = Counts(trials)
+    lineages = sum(1 for t in trials if "failed_trial" not in t.system_attrs)
+    if lineages < launch.target or counts.waiting or counts.running:
+        return None
+    return (f"budget met: {counts.finished}/{launch.target} trials finished (complete "
+            f"{counts.complete}, pruned {counts.pruned}, failed {counts.failed}); nothing to "
+            f"run. Raise it with --n-trials {launch.target + 10} to search on")
+
+
+def _worker_argv(launch: Launch) -> list[str]:
+    path = Path(launch.spec.path)
+    # A spec rebuilt from the text the study recorded has no file here: the worker rebuilds it
+    # the same way from the study's name.
+    study_arg = str(path) if path.is_file() else launch.spec.name
+    verbose = ["-v"] if log.isEnabledFor(logging.INFO) else []  # hpo -v launch: -v workers
+    argv = [sys.executable, "-m", "hpo.cli", *verbose, "worker", "--study", study_arg,
+            "--heartbeat", str(launch.heartbeat), "--max-failures", str(launch.max_failures)]
+    for flag, value in (("--data", launch.train_dir), ("--n-trials", launch.n_trials),
+                        ("--timeout", launch.timeout), ("--artifacts", launch.artifacts)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def run_workers(launch: Launch, *, devices: list[str | None]) -> tuple[list[int], bool]:
+    """Start one worker per device (None: CPU), show progress until all exit.
+
+    Returns:
+        The workers' exit codes, and whether the launch was stopped (Ctrl-C or SIGTERM).
+    """
+    argv = _worker_argv(launch)
+    procs = []
+    for index, device in enumerate(devices):
+        # HPO_LAUNCHED: the launcher ran the pre-flight (workers skip it) and reports a
+        # failure streak once for all of them.
+        env = {**os.environ, "HPO_WORKER_INDEX": str(index), "HPO_STORAGE": launch.url,
+               "HPO_LAUNCHED": "1"}
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = device
+        # own session: a terminal's Ctrl-C reaches only us; we forward one SIGTERM each
+        procs.append(subprocess.Popen(argv, env=env, start_new_session=True))
+    stopped = False
+
+    def forward(signum, frame):
+        nonlocal stopped
+        stopped = True
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    old_int = signal.signal(signal.SIGINT, forward)
+    old_term = signal.signal(signal.SIGTERM, forward)
+    try:
+        watch(launch.study, procs, metric=launch.spec.metric, target=launch.target)
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+    return [p.wait() for p in procs], stopped
+
+
+def devices_of(gpus: str | None, workers: int) -> list[str | None]:
+    """``--gpus 0,1`` -> ["0", "1"]; no --gpus -> ``workers`` CPU workers.
+
+    Raises:
+        HpoError: ``--gpus`` names no device.
+    """
+    if gpus is None:
+        return [None] * workers
+    devices = [g.strip() for g in gpus.split(",") if g.strip()]
+    if not devices:
+        raise HpoError(f"--gpus {gpus!r} names no GPU; give device numbers like --gpus 0,1")
+    return devices
