@@ -1,7 +1,7 @@
 """Study storage: SQLite by default (WAL + busy timeout), PostgreSQL for many machines.
 
 The URL comes from ``--storage``, else ``$HPO_STORAGE``, else ``sqlite:///hpo.db``. Passwords
-are never printed: every message and log line shows :func:`mask_url`'s form.
+are never printed: every message and log line shows :func:`mask_url`'s form (hpo.secrets).
 
 Every Optuna storage call is a transaction of its own; the storage adds
 :meth:`_ResilientStorage.set_trial_attrs`, which writes a trial's user and system attributes in
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -36,9 +35,10 @@ from optuna.storages._rdb.models import (
 )
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from hpo.errors import StorageError
+from hpo.secrets import mask_url
 from hpo.storage_lock import creation_lock
 
 __all__ = [
@@ -66,15 +66,6 @@ def resolve_storage_url(url: str | None = None) -> str:
     if sep and scheme in _DRIVERS:
         url = f"{_DRIVERS[scheme]}://{rest}"
     return url
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (safe to print and log)."""
-    try:
-        parsed = make_url(url)
-    except Exception:  # not a URL sqlalchemy understands: mask anything like user:pass@
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-    return parsed.render_as_string(hide_password=True)
 
 
 def _prepare_sqlite(url: str, *, read_only: bool = False) -> dict:
@@ -302,11 +293,7 @@ def open_storage(
     """
     url = resolve_storage_url(url)
     masked = mask_url(url)
-    try:
-        parsed = make_url(url)
-    except Exception:
-        raise StorageError(f"storage URL {masked!r} is not a database URL; use e.g. "
-                           f"{DEFAULT_STORAGE} or postgresql://user:pass@host:5432/db") from None
+    parsed = _parse(url, masked)
     engine_kwargs: dict = {}
     if parsed.get_backend_name() == "sqlite":
         engine_kwargs = _prepare_sqlite(url, read_only=read_only)
@@ -323,20 +310,48 @@ def open_storage(
                                      grace_period=grace_period,
                                      heartbeat_stale_trial_callback=callback,
                                      skip_table_creation=read_only)
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+    except Exception as exc:
+        error = _storage_error(exc, parsed, masked)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _parse(url: str, masked: str) -> URL:
+    """SQLAlchemy's reading of ``url``; a StorageError (naming only ``masked``) when it has none.
+
+    SQLAlchemy ends a password at its first ``@`` and takes the rest for the host: such a
+    URL would connect to a host named after part of the password, so it is refused here.
+    """
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise StorageError(f"storage URL {masked!r} is not a database URL; use e.g. "
+                           f"{DEFAULT_STORAGE} or postgresql://user:pass@host:5432/db") from None
+    if "@" in (parsed.host or ""):
+        raise StorageError(f"storage URL {masked}: the user name or password holds an "
+                           "unencoded '@'; write it as %40 (percent-encode the password)")
+    return parsed
+
+
+def _storage_error(exc: Exception, parsed: URL, masked: str) -> StorageError | None:
+    """The one-line error for a storage that did not open, or None to let ``exc`` through."""
+    if _caused_by(exc, _LOST):  # also behind Optuna's StorageInternalError (read-only open)
         host = f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
         reason = _reason(exc)
         if any(w in reason.lower() for w in ("password", "authentication", "role ")):
-            raise StorageError(f"the study database at {masked} refused the login "
-                               f"({reason}); check the user and password in --storage or "
-                               "HPO_STORAGE") from None
-        raise StorageError(f"cannot reach the study database at {host} ({masked}): {reason}; "
-                           "start the database or fix --storage / HPO_STORAGE") from None
-    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ImportError) as exc:
-        raise StorageError(f"storage URL {masked} cannot be used ({_reason(exc)}); for "
-                           "PostgreSQL install psycopg: pip install 'psycopg[binary]'") from None
-    except RuntimeError as exc:  # optuna: schema from another version
-        raise StorageError(f"study database {masked}: {_reason(exc)}") from None
+            return StorageError(f"the study database at {masked} refused the login "
+                                f"({reason}); check the user and password in --storage or "
+                                "HPO_STORAGE")
+        return StorageError(f"cannot reach the study database at {host} ({masked}): {reason}; "
+                            "start the database or fix --storage / HPO_STORAGE")
+    if isinstance(exc, (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError,
+                        ImportError)):
+        return StorageError(f"storage URL {masked} cannot be used ({_reason(exc)}); for "
+                            "PostgreSQL install psycopg: pip install 'psycopg[binary]'")
+    if isinstance(exc, RuntimeError):  # optuna: schema from another version
+        return StorageError(f"study database {masked}: {_reason(exc)}")
+    return None
 
 
 def with_retries(fn: Callable[[], _T], *, what: str, attempts: int = 8) -> _T:

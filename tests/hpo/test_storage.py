@@ -21,6 +21,9 @@ def test_default_and_environment(monkeypatch):
     ("postgresql://hpo@db/x", "postgresql://hpo@db/x"),
     ("sqlite:///hpo.db", "sqlite:///hpo.db"),
     ("weird://a:b@c", "weird://a:***@c"),
+    ("postgresql://u:p@ss@db/x", "postgresql://u:***@db/x"),
+    ("postgresql://u@db/x?password=s3cr3t&sslmode=require",
+     "postgresql://u@db/x?password=***&sslmode=require"),
 ])
 def test_passwords_are_masked(url, shown):
     assert mask_url(url) == shown
@@ -50,6 +53,27 @@ def test_unreachable_database_names_host_and_masks_password():
                               "(postgresql+psycopg://hpo:***@127.0.0.1:1/studies)")
     assert message.endswith("start the database or fix --storage / HPO_STORAGE")
     assert "hunter2" not in message and "\n" not in message
+
+
+def test_unreachable_database_read_only_is_one_masked_line():
+    # a reader's open skips table creation: Optuna wraps the lost connection in its own error
+    with pytest.raises(StorageError) as info:
+        open_storage("postgresql://hpo:hunter2@127.0.0.1:1/studies?password=qqsecretqq",
+                     heartbeat_interval=None, read_only=True)
+    message = str(info.value)
+    assert message.startswith("cannot reach the study database at 127.0.0.1:1 "
+                              "(postgresql+psycopg://hpo:***@127.0.0.1:1/studies"
+                              "?password=***)")
+    assert "hunter2" not in message and "qqsecretqq" not in message and "\n" not in message
+
+
+def test_unencoded_at_in_the_password_is_refused_without_showing_it():
+    # SQLAlchemy would take "qqsecretqq@127.0.0.1" for the host (and a resolver error shows it)
+    with pytest.raises(StorageError) as info:
+        open_storage("postgresql://hpo:pw@qqsecretqq@127.0.0.1:1/studies")
+    message = str(info.value)
+    assert "qqsecretqq" not in message and "hpo:***@127.0.0.1:1/studies" in message
+    assert "unencoded '@'" in message and "%40" in message
 
 
 def test_refused_login_is_masked(postgres_url):
