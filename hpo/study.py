@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from sqlalchemy.engine import make_url
 
 from hpo.errors import HpoError, SpecError
@@ -104,11 +105,32 @@ def _sqlite_missing(url: str) -> Path | None:
     return None if path.is_file() else path
 
 
+def _has_tables(url: str) -> bool:
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        return sqlalchemy.inspect(engine).has_table("version_info")
+    except sqlalchemy.exc.DBAPIError:
+        return True  # unreachable, refused: open_storage says so in its own words
+    finally:
+        engine.dispose()
+
+
+def _open_read_only(url: str):
+    """The storage opened for reading, or None when it holds no Optuna tables yet.
+
+    A database nobody has written to (an empty PostgreSQL database or SQLite file) holds no
+    studies, which is no error for a reader; its tables are not created by looking.
+    """
+    if not _has_tables(url):
+        return None
+    return open_storage(url, heartbeat_interval=None, read_only=True)
+
+
 def _open_existing(url: str):
     missing = _sqlite_missing(url)
     if missing is not None:
         return None
-    return open_storage(url, heartbeat_interval=None, read_only=True)
+    return _open_read_only(url)
 
 
 def summaries(storage: str | None = None) -> list[optuna.study.StudySummary]:
@@ -162,7 +184,11 @@ def open_for_reading(storage: str | None = None, *, study: str = "NAME"):
         raise HpoError(f"no study database at {missing} (storage {mask_url(url)}), so no "
                        f"{what} there; start one with: hpo launch --study {study}, or point "
                        "--storage / HPO_STORAGE at the studies' database")
-    return open_storage(url, heartbeat_interval=None, read_only=True)
+    store = _open_read_only(url)
+    if store is None:
+        raise HpoError(f"the study database {mask_url(url)} holds no studies yet; start one "
+                       f"with: hpo launch --study {study}")
+    return store
 
 
 def load(name: str, *, storage: str | None = None) -> optuna.Study:

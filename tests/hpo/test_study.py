@@ -196,3 +196,32 @@ def test_status_prints_failure_reasons_whole(tmp_path):
 def test_version():
     out = cli("--version")
     assert out.returncode == 0 and out.stdout.startswith("hpo, version ")
+
+
+@pytest.mark.postgres
+def test_reading_an_empty_postgres_database_creates_no_tables(postgres_url):
+    import uuid
+
+    import psycopg
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres_url)
+    name = f"hpo_empty_{uuid.uuid4().hex[:10]}"
+    admin = dict(host=url.host, port=url.port or 5432, user=url.username,
+                 password=url.password, dbname="postgres")
+    with psycopg.connect(**admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    empty = url.set(database=name).render_as_string(hide_password=False)
+    try:
+        out = cli("studies", "--storage", empty)
+        assert out.returncode == 0 and "no studies yet" in out.stdout, out.stderr
+        out = cli("status", "--study", "smoke", "--storage", empty)
+        assert out.returncode == 1 and "holds no studies yet" in out.stderr
+        assert "Traceback" not in out.stderr
+        engine = sqlalchemy.create_engine(empty, poolclass=sqlalchemy.pool.NullPool)
+        assert sqlalchemy.inspect(engine).get_table_names() == []
+        engine.dispose()
+    finally:
+        with psycopg.connect(**admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
