@@ -10,23 +10,27 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
 
 from hpo.diskcheck import check_artifacts_writable, check_room
 from hpo.errors import HpoError
 from hpo.preflight import check_models
 from hpo.progress import Counts, watch
 from hpo.spec import StudySpec
-from hpo.storage import mask_url, resolve_storage_url, with_retries
+from hpo.storage import MAX_RETRY, mask_url, resolve_storage_url, storage_of, with_retries
 from hpo.study import create_or_resume, data_folder, spec_for
-from hpo.worker import check_data
+from hpo.worker import STREAK_EXIT, check_data
 
-__all__ = ["Launch", "budget_met", "devices_of", "prepare_launch", "run_workers"]
+__all__ = ["Launch", "budget_met", "devices_of", "fail_left_running", "prepare_launch",
+           "run_workers"]
 
 log = logging.getLogger("hpo")
 
@@ -152,7 +156,48 @@ def run_workers(launch: Launch, *, devices: list[str | None]) -> tuple[list[int]
     finally:
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
-    return [p.wait() for p in procs], stopped
+    codes = [p.wait() for p in procs]
+    for line in fail_left_running(launch.study, procs, codes):
+        print(line, file=sys.stderr, flush=True)
+    return codes, stopped
+
+
+def fail_left_running(study: optuna.Study, procs, codes: list[int]) -> list[str]:
+    """Record FAIL (and queue a resume of) the trials our exited workers left RUNNING.
+
+    A worker that crashed cannot record its own trial; its heartbeat would turn it stale only
+    when another worker looks. Trials name their worker (``host:pid``), so only ours are touched.
+
+    Returns:
+        One line per worker that exited with an error: its number, process id, exit code and
+        the trials it left.
+    """
+    host = socket.gethostname()
+    ours = {f"{host}:{getattr(p, 'pid', None)}": i for i, p in enumerate(procs)}
+    left: dict[int, list[int]] = {}
+    try:
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        for t in running:
+            index = ours.get(str(t.user_attrs.get("worker")))
+            if index is None:
+                continue
+            reason = (f"its worker {index} (pid {getattr(procs[index], 'pid', '?')}) exited "
+                      f"with code {codes[index]}; retried from its last checkpoint")
+            storage_of(study).set_trial_user_attr(t._trial_id, "fail_reason", reason)
+            study.tell(t.number, state=TrialState.FAIL)
+            RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, study.trials[t.number])
+            left.setdefault(index, []).append(t.number)
+    except Exception as exc:  # the summary must come out even when the database is away
+        log.warning("could not fail the trials left running: %s", exc)
+    lines = []
+    for i, code in enumerate(codes):
+        if code not in (0, 130, STREAK_EXIT):  # stopped by a signal or a streak: said apart
+            trials = left.get(i)
+            extra = f"; its trial(s) {', '.join(map(str, trials))} recorded FAIL and queued " \
+                "to resume" if trials else ""
+            lines.append(f"worker {i} (pid {getattr(procs[i], 'pid', '?')}) exited with code "
+                         f"{code}{extra}")
+    return lines
 
 
 def devices_of(gpus: str | None, workers: int) -> list[str | None]:

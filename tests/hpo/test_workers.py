@@ -97,3 +97,46 @@ def test_parallel_workers_sample_with_different_seeds(tmp_path, monkeypatch):
     assert proposals[0] == proposals[1]  # worker 0 of a new study keeps the file's seed
     assert proposals[2] != proposals[0]  # another worker: another seed
     assert proposals[3] != proposals[0]  # worker 0 joining a study with history: another
+
+
+@pytest.mark.slow
+def test_launch_fails_the_trial_its_killed_worker_left_running(tiny_data, tmp_path):
+    """A worker killed mid-trial (SIGKILL: no clean-up of its own): when the launch ends, its
+    trial is FAIL with a reason naming the worker, queued to resume, and nothing is RUNNING."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    storage = f"sqlite:///{tmp_path}/hpo.db"
+    slow = dict(PRUNE_STUDY, n_trials=1, pruner="none", enqueue=[{"optim.lr": 0.003}],
+                fixed={**PRUNE_STUDY["fixed"], "epochs": 50})
+    (tmp_path / "slow.yaml").write_text(yaml.safe_dump(slow))
+    launch = subprocess.Popen(
+        [sys.executable, "-m", "hpo.cli", "launch", "--study", str(tmp_path / "slow.yaml"),
+         "--data", str(tiny_data / "train"), "--storage", storage, "--artifacts",
+         str(tmp_path / "a"), "--heartbeat", "600"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worker = None
+    for _ in range(240):
+        time.sleep(0.5)
+        try:
+            trials = optuna.load_study(study_name="slow", storage=storage).trials
+        except KeyError:
+            continue
+        running = [t for t in trials if t.state == TrialState.RUNNING and
+                   t.user_attrs.get("worker")]
+        if running:
+            worker = int(running[0].user_attrs["worker"].rsplit(":", 1)[1])
+            break
+    assert worker is not None, "no trial started"
+    os.kill(worker, signal.SIGKILL)
+    out, err = launch.communicate(timeout=120)
+    assert launch.returncode == 1, (out, err)
+    assert f"worker 0 (pid {worker}) exited with code -9; its trial(s) 0 recorded FAIL" in err
+    assert "Traceback" not in err
+    study = optuna.load_study(study_name="slow", storage=storage)
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.FAIL, TrialState.WAITING], states
+    assert "exited with code -9" in study.trials[0].user_attrs["fail_reason"]
