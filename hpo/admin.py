@@ -4,7 +4,7 @@ A trial that fails on its own (a bad setting, a NaN loss) is recorded FAIL and t
 on. But when trials keep failing the same way (no weights offline, a broken data folder, a bug)
 every further trial fails too: :func:`failure_streak` spots that, so workers stop instead of
 spending the budget. ``hpo retry`` queues the failed trials again once the cause is fixed;
-``hpo delete`` removes a study and its files.
+``hpo delete`` removes a study and its files; ``hpo gc`` removes the checkpoints no one needs.
 """
 from __future__ import annotations
 
@@ -16,15 +16,19 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from hpo.artifacts import default_artifacts_dir
+from hpo.artifacts import checkpoint_files, default_artifacts_dir, trial_folder
 from hpo.budget import retried_numbers
-from hpo.errors import HpoError
+from hpo.errors import EnsembleError, HpoError
+from hpo.manifest import ensemble_rows, load_manifest
+from hpo.progress import size_text
 from hpo.storage import with_retries
 from hpo.study import open_for_reading
 
 __all__ = [
     "DeleteResult",
     "FailureStreak",
+    "GcResult",
+    "collect_garbage",
     "delete_study",
     "failure_streak",
     "streak_error",
@@ -144,3 +148,128 @@ def delete_study(study: optuna.Study, *, storage: str | None,
     if folder.is_dir() and folder.parent == root / "trials":
         shutil.rmtree(folder, ignore_errors=True)
     return DeleteResult(name=name, trials=n_trials, files=len(files), bytes=freed)
+
+
+@dataclass(frozen=True)
+class GcResult:
+    """What :func:`collect_garbage` removed (or, on a dry run, would remove)."""
+
+    study: str
+    files: tuple[Path, ...]
+    trials: int
+    bytes: int
+    dry_run: bool
+
+    def text(self) -> str:
+        """One line: ``removed 12 checkpoints of 9 trials, freed 528.0 MB``."""
+        what = (f"{_count(len(self.files), 'checkpoint')} of {_count(self.trials, 'trial')}")
+        if self.dry_run:
+            return (f"would remove {what} of study {self.study}, freeing "
+                    f"{size_text(self.bytes)} (dry run: nothing removed)")
+        return f"removed {what}, freed {size_text(self.bytes)}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _ensemble_needs(study_name: str, root: Path) -> tuple[set[int], set[Path]]:
+    """Trials of this study in an ensemble, and every checkpoint any manifest names."""
+    trials: set[int] = set()
+    paths: set[Path] = set()
+    for row in ensemble_rows(artifacts=root):
+        if "error" in row:
+            raise EnsembleError(f"{row['error']}; hpo gc removed nothing, as it cannot tell "
+                                "which checkpoints that ensemble needs (or move the manifest "
+                                f"out of {root / 'ensembles'})")
+        manifest = load_manifest(row["manifest"])
+        for member in manifest["members"]:
+            if manifest.get("study") == study_name and isinstance(member.get("trial"), int):
+                trials.add(member["trial"])
+            for key, base in (("checkpoint", Path("/")), ("artifact", root)):
+                if isinstance(member.get(key), str):
+                    paths.add((base / member[key]).resolve())
+    return trials, paths
+
+
+def _busy(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
+    """RUNNING and WAITING trials, and the failed trials a retry among them may resume from."""
+    busy: set[int] = set()
+    for t in trials:
+        if t.state in (TrialState.RUNNING, TrialState.WAITING):
+            busy.add(t.number)
+            busy.update(RetryHeartbeatStaleTrialCallback.retry_history(t))
+    return busy
+
+
+def _top(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], n: int) -> set[int]:
+    """The ``n`` best completed trials, ranked as ``hpo promote`` ranks them."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    return {t.number for t in sorted(done, key=lambda t: (sign * t.value, t.number))[:n]}
+
+
+def _unneeded(study: optuna.Study, root: Path, keep_top: int) -> dict[Path, int]:
+    """{checkpoint file: trial number} of what no ensemble, top trial or retry needs."""
+    trials = with_retries(lambda: study.get_trials(deepcopy=False), what="reading trials")
+    in_ensembles, named = _ensemble_needs(study.study_name, root)
+    keep = _top(study, trials, keep_top) | in_ensembles
+    busy = _busy(trials)
+    found: dict[Path, int] = {}
+    for t in trials:
+        if not t.state.is_finished() or t.number in busy:
+            continue  # a running trial's folder, or a checkpoint a queued retry resumes from
+        for path in checkpoint_files(trial_folder(root, study.study_name, t.number)):
+            if path.resolve() not in named:
+                found[path] = t.number
+        artifact_id = (t.user_attrs.get("artifacts") or {}).get("best.pt")
+        if t.state != TrialState.COMPLETE or t.number in keep or not isinstance(artifact_id, str):
+            continue
+        stored = root / "store" / artifact_id
+        if "/" not in artifact_id and stored.is_file() and stored.resolve() not in named:
+            found[stored] = t.number
+    return found
+
+
+def collect_garbage(study: optuna.Study, *, artifacts: str | None = None, keep_top: int = 5,
+                    dry_run: bool = False) -> GcResult:
+    """Remove the checkpoints of a study that nothing needs (``hpo gc``).
+
+    Goes: the stored ``best.pt`` of completed trials in no ensemble manifest and not among
+    the ``keep_top`` best; and, in the folders of finished trials, leftover ``best.pt`` /
+    ``last.pt`` and half-written saves (``*.tmp``). Never touched: a RUNNING or WAITING trial's
+    folder, the checkpoints a queued or running retry resumes from, any checkpoint a manifest
+    names. Only files go: nothing is written to the storage (a reader that needs a removed
+    ``best.pt`` says so, and ``hpo promote`` leaves such trials out).
+
+    Args:
+        study: the loaded study.
+        artifacts: the artifact folder its workers used (default ``$HPO_ARTIFACTS`` or
+            ./artifacts).
+        keep_top: how many of the best completed trials keep their checkpoint (>= 1).
+        dry_run: only say what would go.
+
+    Returns:
+        The files removed (or that would be), their trials and bytes.
+
+    Raises:
+        HpoError: ``keep_top`` < 1.
+        EnsembleError: an ensemble manifest cannot be read (nothing is removed).
+    """
+    if keep_top < 1:
+        raise HpoError(f"keep_top is {keep_top}, but must be >= 1 (the best trial keeps its "
+                       "checkpoint for hpo promote); pass --keep-top 1 or more")
+    root = Path(artifacts) if artifacts else default_artifacts_dir()
+    gone: dict[Path, int] = {}
+    freed = 0
+    for path, number in _unneeded(study, root, keep_top).items():
+        try:
+            size = path.stat().st_size
+            if not dry_run:
+                path.unlink()
+        except FileNotFoundError:  # its trial's retry or another gc removed it first
+            continue
+        gone[path] = number
+        freed += size
+    return GcResult(study=study.study_name, files=tuple(gone), trials=len(set(gone.values())),
+                    bytes=freed, dry_run=dry_run)

@@ -5,15 +5,20 @@
     ARTIFACTS/store/<artifact id>                 optuna.artifacts (the dashboard shows these)
     ARTIFACTS/trials/<study>/<trial number>/      the running trial's output_dir (last.pt ...)
 
-A finished trial uploads its config, best and last checkpoints, validation probabilities and
-labels and a confusion-matrix PNG to the store and records their ids in the user attribute
-``artifacts`` and, for the dashboard, one trial system attribute ``artifacts:<id>`` per file (the
-record ``optuna.artifacts.upload_artifact`` writes); its working folder then keeps only small
-files. A trial whose worker died keeps its ``last.pt`` in the working folder, where the retry
-finds it.
+A completed trial stores its config, best checkpoint, validation probabilities and labels and a
+confusion-matrix PNG and records their ids in the user attribute ``artifacts`` and, for the
+dashboard, one trial system attribute ``artifacts:<id>`` per file (the record
+``optuna.artifacts.upload_artifact`` writes); its working folder then keeps only small files.
+
+Disk is bounded (DESIGN.md "Disk"): a checkpoint is kept only while something may need it. A
+completed trial keeps one ``best.pt`` (in the store) and no ``last.pt``; a pruned trial, or one
+that failed on its own, none. A trial stopped by Ctrl-C/SIGTERM or whose worker died keeps its
+``best.pt`` and ``last.pt`` in the working folder, where its retry resumes from them; they go
+when that retry ends. ``hpo gc`` removes stored checkpoints no ensemble and no top trial needs.
 """
 from __future__ import annotations
 
+import errno
 import json
 import mimetypes
 import os
@@ -32,17 +37,25 @@ from optuna.artifacts import (
 )
 from PIL import Image, ImageDraw
 
-from hpo.errors import EnsembleError
+from hpo.errors import EnsembleError, HpoError
 
 __all__ = [
+    "CHECKPOINTS",
     "ArtifactPaths",
+    "ArtifactStoreError",
     "TRIAL_FILES",
+    "checkpoint_files",
     "confusion_png",
     "default_artifacts_dir",
+    "drop_checkpoints",
+    "trial_folder",
 ]
 
-TRIAL_FILES = ("config.yaml", "best.pt", "last.pt", "val_probs.npy", "val_labels.npy",
-               "confusion.png")
+# What a completed trial stores. Not last.pt: a completed trial is never resumed.
+TRIAL_FILES = ("config.yaml", "best.pt", "val_probs.npy", "val_labels.npy", "confusion.png")
+CHECKPOINTS = ("best.pt", "last.pt")
+# Checkpoints moved into the store rather than copied (a hard link: no second copy on disk).
+_MOVED = frozenset({"best.pt"})
 _MIME = {".yaml": "application/yaml", ".png": "image/png", ".npy": "application/octet-stream",
          ".pt": "application/octet-stream"}
 # The system attribute key prefix of an artifact record: optuna.artifacts writes and reads it
@@ -50,9 +63,62 @@ _MIME = {".yaml": "application/yaml", ".png": "image/png", ".npy": "application/
 _ARTIFACT_ATTR_PREFIX = "artifacts:"
 
 
+class ArtifactStoreError(HpoError):
+    """A trial's files cannot be written to the artifact folder (read-only, full, a file)."""
+
+
 def default_artifacts_dir() -> Path:
     """``$HPO_ARTIFACTS``, else ``./artifacts``."""
     return Path(os.environ.get("HPO_ARTIFACTS") or "artifacts")
+
+
+def trial_folder(root: str | os.PathLike, study_name: str, number: int) -> Path:
+    """The working folder of one trial under the artifact folder ``root``.
+
+    Args:
+        root: the artifact folder.
+        study_name: the study's name.
+        number: the trial's number.
+
+    Returns:
+        ``<root>/trials/<study>/<number>`` (it may not exist).
+    """
+    return Path(root) / "trials" / study_name / str(number)
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The checkpoints in a trial's folder: ``best.pt``, ``last.pt`` and half-written saves.
+
+    Args:
+        folder: a trial's working folder.
+
+    Returns:
+        The paths that exist (``*.tmp``: a save cut short, by a kill or a full disk).
+    """
+    if not folder.is_dir():
+        return []
+    found = [folder / name for name in CHECKPOINTS if (folder / name).is_file()]
+    return found + sorted(p for p in folder.glob("*.tmp") if p.is_file())
+
+
+def drop_checkpoints(folder: Path) -> int:
+    """Remove the checkpoints of a trial's folder (see :func:`checkpoint_files`).
+
+    Args:
+        folder: a trial's working folder.
+
+    Returns:
+        The bytes freed.
+    """
+    freed = 0
+    for path in checkpoint_files(folder):
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:  # someone else removed it first
+            continue
+        freed += size
+    return freed
 
 
 class ArtifactPaths:
@@ -65,7 +131,7 @@ class ArtifactPaths:
 
     def trial_dir(self, study_name: str, number: int) -> Path:
         """The working folder of one trial (its trainer ``output_dir``)."""
-        return self.root / "trials" / study_name / str(number)
+        return trial_folder(self.root, study_name, number)
 
     def upload(self, trial: optuna.Trial, folder: Path) -> dict[str, str]:
         """Upload the trial's files from ``folder``; returns {file name: artifact id}.
@@ -83,12 +149,13 @@ class ArtifactPaths:
         return ids
 
     def store_files(self, folder: Path) -> tuple[dict[str, str], dict[str, str]]:
-        """Copy the trial's files from ``folder`` into the store, without touching the database.
+        """Put the trial's files from ``folder`` into the store, without touching the database.
 
         :meth:`upload` costs one database transaction per file; this returns the records
         instead, for the caller to write together with the trial's other attributes. The files
         are in the store before any record names them, so no reader finds a record without
-        its file.
+        its file. ``best.pt`` is hard-linked where the file system allows (one copy on disk
+        once :meth:`tidy` drops the working name); the other files are copied.
 
         Args:
             folder: the trial's working folder (its trainer ``output_dir``).
@@ -96,24 +163,41 @@ class ArtifactPaths:
         Returns:
             ({file name: artifact id}, {system attribute key: value}): the second holds one
             ``artifacts:<id>`` record per file, in the JSON form ``upload_artifact`` writes.
+
+        Raises:
+            OSError: the store takes no file (read-only, full, not a folder); what this call
+                had put in the store is removed again, the working folder is left as it was.
         """
         ids: dict[str, str] = {}
         records: dict[str, str] = {}
-        for name in TRIAL_FILES:
-            path = folder / name
-            if not path.is_file():
-                continue
-            artifact_id = str(uuid.uuid4())
-            with open(path, "rb") as stream:
-                self.store.write(artifact_id, stream)
-            guess_type, guess_encoding = mimetypes.guess_type(name)
-            meta = ArtifactMeta(artifact_id=artifact_id, filename=name,
-                                mimetype=_MIME.get(path.suffix) or guess_type
-                                or "application/octet-stream",
-                                encoding=guess_encoding)
-            ids[name] = artifact_id
-            records[_ARTIFACT_ATTR_PREFIX + artifact_id] = json.dumps(asdict(meta))
+        try:
+            for name in TRIAL_FILES:
+                path = folder / name
+                if not path.is_file():
+                    continue
+                artifact_id = str(uuid.uuid4())
+                ids[name] = artifact_id
+                self._put(path, artifact_id)
+                records[_ARTIFACT_ATTR_PREFIX + artifact_id] = _record(name, path, artifact_id)
+        except OSError:
+            for artifact_id in ids.values():
+                try:
+                    (self.root / "store" / artifact_id).unlink(missing_ok=True)
+                except OSError:
+                    pass  # the store is unusable; the original error says why
+            raise
         return ids, records
+
+    def _put(self, path: Path, artifact_id: str) -> None:
+        if path.name in _MOVED:
+            try:
+                os.link(path, self.root / "store" / artifact_id)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                    raise
+        with open(path, "rb") as stream:
+            self.store.write(artifact_id, stream)
 
     def fetch(self, trial: optuna.trial.FrozenTrial, name: str, dest: Path) -> Path:
         """Copy one stored file of a finished trial to ``dest``.
@@ -143,17 +227,27 @@ class ArtifactPaths:
                                 "or ran with another artifact folder (--artifacts)")
         path = self.root / "store" / ids[name]
         if not path.is_file():
-            raise EnsembleError(f"trial {trial.number}'s {name} is missing from {path}; point "
-                                "--artifacts at the folder the study used")
+            raise EnsembleError(f"trial {trial.number}'s {name} is missing from {path} (hpo gc "
+                                "removed it, or this is not the study's artifact folder); "
+                                "point --artifacts at the folder the study used, or use a "
+                                "trial hpo gc kept (the top --keep-top and ensemble members)")
         return path
 
     def tidy(self, folder: Path) -> None:
-        """Drop the working copies of uploaded checkpoints (the store has them)."""
-        for name in ("best.pt", "last.pt"):
-            (folder / name).unlink(missing_ok=True)
+        """Drop a completed trial's working checkpoints (the store has its ``best.pt``)."""
+        drop_checkpoints(folder)
 
     def remove_trials(self, study_name: str) -> None:
         shutil.rmtree(self.root / "trials" / study_name, ignore_errors=True)
+
+
+def _record(name: str, path: Path, artifact_id: str) -> str:
+    guess_type, guess_encoding = mimetypes.guess_type(name)
+    meta = ArtifactMeta(artifact_id=artifact_id, filename=name,
+                        mimetype=_MIME.get(path.suffix) or guess_type
+                        or "application/octet-stream",
+                        encoding=guess_encoding)
+    return json.dumps(asdict(meta))
 
 
 def confusion_png(matrix: np.ndarray, path: Path, *, title: str = "") -> None:

@@ -355,6 +355,25 @@ def delete(study_name, yes, storage, artifacts):
                f"file(s), {size_text(done.bytes)} freed")
 
 
+@main.command()
+@_read_study_option
+@click.option("--keep-top", type=click.IntRange(min=1), default=5, show_default=True,
+              help="The best N completed trials keep their checkpoint.")
+@click.option("--dry-run", is_flag=True, help="Say what would go; remove nothing.")
+@_storage_option
+@_artifacts_option
+@_friendly
+def gc(study_name, keep_top, dry_run, storage, artifacts):
+    """Remove checkpoints no ensemble and no top trial needs (running trials and the
+    checkpoints a queued retry resumes from are left alone)."""
+    from hpo.admin import collect_garbage
+    from hpo.study import load
+
+    study = load(study_name, storage=storage)
+    click.echo(collect_garbage(study, artifacts=artifacts, keep_top=keep_top,
+                               dry_run=dry_run).text())
+
+
 # ---------------------------------------------------------------------------------------------
 # ensembles
 

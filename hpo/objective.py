@@ -5,6 +5,13 @@ metric (one storage write for the report, one for the progress attribute, whose 
 goes with the results) and asks the pruner.
 A retried trial (its worker died) continues from the dead trial's ``last.pt``.
 
+Checkpoints live only while something may need them (DESIGN.md "Disk"): a completed trial
+keeps its ``best.pt`` in the store and nothing in its folder; a pruned trial, or one that failed
+on its own, keeps none; an interrupted one keeps both for its retry, and when that retry ends
+the checkpoints of the trials it retried go too. A trial whose files cannot be stored (a
+read-only or full artifact folder) is recorded FAIL with that reason and keeps its
+checkpoints: ``hpo retry`` then stores them without training again.
+
 Every storage write is a transaction and every transaction a commit (a WAL sync on SQLite, a
 round trip and a log flush on PostgreSQL). Given the study's storage, the objective writes each
 group of attributes in one transaction: the start attributes, each epoch's progress, and at the
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import platform
 import socket
 from collections.abc import Callable, Mapping
@@ -27,7 +35,7 @@ import torch
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 
 import trainer
-from hpo.artifacts import ArtifactPaths, confusion_png
+from hpo.artifacts import ArtifactPaths, ArtifactStoreError, confusion_png, drop_checkpoints
 from hpo.space import build_config, suggest
 from hpo.spec import StudySpec
 
@@ -130,15 +138,11 @@ class Objective:
                system: Mapping[str, Any] | None = None) -> None:
         _write_attrs(self.storage, trial, user=user, system=system)
 
-    def __call__(self, trial: optuna.Trial) -> float:
-        if self.on_start is not None:
-            self.on_start()
-        spec = self.spec
-        settings = suggest(trial, spec)
-        out_dir = self.artifacts.trial_dir(trial.study.study_name, trial.number)
-        cfg = build_config(spec, settings, output_dir=str(out_dir), train_dir=self.train_dir)
+    def _start(self, trial: optuna.Trial, cfg: trainer.TrainConfig) -> Path | None:
+        """Write the start attributes (one transaction); returns the checkpoint to resume."""
         resume = self._resume_point(trial)
-        start_attrs = {"host": socket.gethostname(), "seed": cfg.seed,
+        start_attrs = {"host": socket.gethostname(),
+                       "worker": f"{socket.gethostname()}:{os.getpid()}", "seed": cfg.seed,
                        "versions": library_versions(),
                        "device": _device_label(cfg.device)}
         if resume is not None:
@@ -147,6 +151,26 @@ class Objective:
             log.info("trial %d resumes trial %s from epoch %d", trial.number,
                      resume.parent.name, done)
         self._write(trial, start_attrs)
+        return resume
+
+    def _drop_checkpoints(self, trial: optuna.Trial) -> None:
+        """The trial ended for good: its checkpoints and those of the trials it retried go."""
+        name = trial.study.study_name
+        for number in [trial.number, *_retry_chain(trial)]:
+            folder = self.artifacts.trial_dir(name, number)
+            try:
+                drop_checkpoints(folder)
+            except OSError as exc:  # the trial's outcome stands; hpo gc can remove them later
+                log.warning("could not remove the checkpoints in %s: %s", folder, exc)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if self.on_start is not None:
+            self.on_start()
+        spec = self.spec
+        settings = suggest(trial, spec)
+        out_dir = self.artifacts.trial_dir(trial.study.study_name, trial.number)
+        cfg = build_config(spec, settings, output_dir=str(out_dir), train_dir=self.train_dir)
+        resume = self._start(trial, cfg)
 
         epochs_run: list[int] = []
         # Attributes that ride along with the trial's closing write (one commit fewer).
@@ -170,31 +194,52 @@ class Objective:
         try:
             result = self.fit(cfg, on_epoch=on_epoch, resume=resume, data=self._data(cfg))
         except KeyboardInterrupt:
+            # Its checkpoints stay: the retry queued next resumes from them.
             self._write(trial, {**closing, "epochs_run": epochs_run,
                                 "fail_reason": "interrupted (Ctrl-C or SIGTERM); retried from "
                                 "its last checkpoint by the next worker"})
             raise
         except optuna.TrialPruned:
             self._write(trial, {**closing, "epochs_run": epochs_run})
+            self._drop_checkpoints(trial)
             raise
         except Exception as exc:  # recorded, then optuna marks the trial FAIL; worker goes on
-            reason = _fail_reason(exc)
-            self._write(trial, {**closing, "fail_reason": reason, "epochs_run": epochs_run})
-            log.warning("trial %d failed: %s", trial.number, reason)
-            if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            self._failed(trial, exc, {**closing, "epochs_run": epochs_run})
+            self._drop_checkpoints(trial)
             raise
         return self._record(trial, result, epochs_run, closing)
 
+    def _failed(self, trial: optuna.Trial, exc: Exception, attrs: dict[str, Any]) -> None:
+        reason = _fail_reason(exc)
+        self._write(trial, {**attrs, "fail_reason": reason})
+        log.warning("trial %d failed: %s", trial.number, reason)
+        if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _store(self, trial: optuna.Trial, result) -> tuple[dict[str, str], dict[str, str]]:
+        """The trial's small files, then everything into the store.
+
+        Raises:
+            ArtifactStoreError: the artifact folder takes no file (read-only, full, a file).
+        """
+        out = Path(result.output_dir)
+        try:
+            np.save(out / "val_labels.npy", result.val_labels)
+            matrix = trainer.confusion(result.val_probs, result.val_labels)
+            confusion_png(matrix, out / "confusion.png",
+                          title=f"trial {trial.number}: best epoch {result.best_epoch}, "
+                                f"f1 {result.best_metrics['f1']:.4f}")
+            return self.artifacts.store_files(out)
+        except OSError as exc:
+            raise _store_error(trial, self.artifacts.root, exc) from None
+
     def _record(self, trial: optuna.Trial, result, epochs_run: list[int],
                 closing: dict[str, Any]) -> float:
-        out = Path(result.output_dir)
-        np.save(out / "val_labels.npy", result.val_labels)
-        matrix = trainer.confusion(result.val_probs, result.val_labels)
-        confusion_png(matrix, out / "confusion.png",
-                      title=f"trial {trial.number}: best epoch {result.best_epoch}, "
-                            f"f1 {result.best_metrics['f1']:.4f}")
-        ids, records = self.artifacts.store_files(out)
+        try:
+            ids, records = self._store(trial, result)
+        except ArtifactStoreError as exc:
+            self._failed(trial, exc, {**closing, "epochs_run": epochs_run})
+            raise
         attrs = {
             **closing,
             "metrics": {k: round(float(v), 6) for k, v in result.best_metrics.items()},
@@ -209,7 +254,7 @@ class Objective:
         for key in ("f1", "accuracy", "mask_f1", "gender_f1", "age_f1"):
             attrs[key] = round(float(result.best_metrics[key]), 6)
         self._write(trial, attrs, records)
-        self.artifacts.tidy(out)
+        self._drop_checkpoints(trial)  # the store has best.pt; last.pt is needed no more
         return float(result.best_metrics[self.spec.metric])
 
 
@@ -217,6 +262,22 @@ def _device_label(device: str) -> str:
     if device in ("auto", "cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return "cpu" if device == "auto" else device
+
+
+def _store_error(trial: optuna.Trial, root: Path, exc: OSError) -> ArtifactStoreError:
+    where = Path(exc.filename) if exc.filename else root
+    try:
+        where = where.relative_to(root)
+    except ValueError:
+        pass
+    if where.parts[:1] == ("store",):
+        where = Path("store")  # not the fresh artifact id: the folder is what needs fixing
+    return ArtifactStoreError(
+        f"trial {trial.number}'s files cannot be stored in the artifact folder {root} "
+        f"({where}: {exc.strerror or type(exc).__name__}); its checkpoints stay in "
+        f"trials/{trial.study.study_name}/{trial.number}: make the folder writable or free "
+        f"space, then hpo retry --study {trial.study.study_name} stores them without "
+        "training again")
 
 
 def _fail_reason(exc: BaseException) -> str:
