@@ -182,6 +182,8 @@ def worker_main(spec: StudySpec, **kwargs) -> int:
     try:
         run_worker(spec, **kwargs)
     except KeyboardInterrupt:
+        if os.environ.get("HPO_LAUNCHED") == "1":
+            return 130  # hpo launch prints one resume hint for all its workers
         hint = f"hpo worker --study {spec.name}"
         if kwargs.get("train_dir"):
             hint += f" --data {kwargs['train_dir']}"

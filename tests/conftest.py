@@ -1,6 +1,7 @@
 """Shared fixtures: one tiny synthetic dataset in the competition layout, and a tiny config."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,14 @@ def _session_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _loggers_enabled():
+    # Optuna's schema migrations (alembic's env.py) call logging.config.fileConfig, which
+    # disables every logger that exists at that moment; a test of our warnings must see them.
+    for name in ("trainer", "hpo"):
+        logging.getLogger(name).disabled = False
+
+
+@pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, _session_cache):
     # Tests never reach a model hub (fail fast instead of hanging on the network) and never
     # write to the user's cache.
@@ -99,5 +108,25 @@ def postgres_url():
         conn.execute(f'CREATE DATABASE "{name}"')
     yield url.set(database=name, drivername="postgresql+psycopg").render_as_string(
         hide_password=False)
+    with psycopg.connect(**admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def own_postgres_url(postgres_url):
+    """A PostgreSQL database of this test module's own (created empty, dropped at the end), for
+    tests that list every study in the storage."""
+    import uuid
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres_url)
+    name = f"hpo_own_{uuid.uuid4().hex[:10]}"
+    admin = dict(host=url.host, port=url.port or 5432, user=url.username,
+                 password=url.password, dbname="postgres")
+    with psycopg.connect(**admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield url.set(database=name).render_as_string(hide_password=False)
     with psycopg.connect(**admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

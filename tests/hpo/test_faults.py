@@ -132,6 +132,7 @@ def test_ctrl_c_to_launch_stops_every_worker(tmp_path, tiny_data):
     _, err = launch.communicate(timeout=90)
     assert launch.returncode == 130
     assert "Resume with: hpo launch --study faulty" in err
+    assert err.count("Resume with") == 1 and f"--data {tiny_data / 'train'}" in err
     states = [t.state for t in optuna.load_study(study_name="faulty", storage=storage).trials]
     assert TrialState.RUNNING not in states
 

@@ -46,8 +46,8 @@ def sqlite_study(tmp_path_factory, tiny_data):
 
 
 @pytest.fixture(scope="module")
-def pg_study(tmp_path_factory, tiny_data, postgres_url):
-    return _launched(tmp_path_factory, tiny_data, lambda root: postgres_url)
+def pg_study(tmp_path_factory, tiny_data, own_postgres_url):
+    return _launched(tmp_path_factory, tiny_data, lambda root: own_postgres_url)
 
 
 def _read_everything(study: dict, tmp_path, tiny_data) -> None:
