@@ -1,6 +1,7 @@
 """Shared fixtures: one tiny synthetic dataset in the competition layout, and a tiny config."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -112,21 +113,30 @@ def postgres_url():
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="module")
-def own_postgres_url(postgres_url):
-    """A PostgreSQL database of this test module's own (created empty, dropped at the end), for
-    tests that list every study in the storage."""
+@contextlib.contextmanager
+def fresh_postgres_database(base_url: str, prefix: str = "hpo_own"):
+    """A new, empty database on the server ``base_url`` names; yields its URL, drops it after."""
     import uuid
 
     import psycopg
     from sqlalchemy.engine import make_url
 
-    url = make_url(postgres_url)
-    name = f"hpo_own_{uuid.uuid4().hex[:10]}"
+    url = make_url(base_url)
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = dict(host=url.host, port=url.port or 5432, user=url.username,
                  password=url.password, dbname="postgres")
     with psycopg.connect(**admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    yield url.set(database=name).render_as_string(hide_password=False)
-    with psycopg.connect(**admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(**admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def own_postgres_url(postgres_url):
+    """A PostgreSQL database of this test module's own (created empty, dropped at the end), for
+    tests that list every study in the storage."""
+    with fresh_postgres_database(postgres_url) as url:
+        yield url

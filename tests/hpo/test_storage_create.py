@@ -6,12 +6,11 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 
 import optuna
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, fresh_postgres_database
 
 OPENERS = 6
 _OPEN = """
@@ -51,17 +50,5 @@ def test_processes_creating_one_new_sqlite_file_at_once(tmp_path):
 
 @pytest.mark.postgres
 def test_processes_creating_one_new_postgres_database_at_once(postgres_url):
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    url = make_url(postgres_url)
-    name = f"hpo_create_{uuid.uuid4().hex[:10]}"
-    admin = dict(host=url.host, port=url.port or 5432, user=url.username,
-                 password=url.password, dbname="postgres")
-    with psycopg.connect(**admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        _check(url.set(database=name).render_as_string(hide_password=False))
-    finally:
-        with psycopg.connect(**admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres_database(postgres_url, "hpo_create") as url:
+        _check(url)

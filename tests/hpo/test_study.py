@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import REPO, cli
+from tests.conftest import REPO, cli, fresh_postgres_database
 
 READ_ONLY_COMMANDS = (
     ("studies",),
@@ -200,20 +200,9 @@ def test_version():
 
 @pytest.mark.postgres
 def test_reading_an_empty_postgres_database_creates_no_tables(postgres_url):
-    import uuid
-
-    import psycopg
     import sqlalchemy
-    from sqlalchemy.engine import make_url
 
-    url = make_url(postgres_url)
-    name = f"hpo_empty_{uuid.uuid4().hex[:10]}"
-    admin = dict(host=url.host, port=url.port or 5432, user=url.username,
-                 password=url.password, dbname="postgres")
-    with psycopg.connect(**admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    empty = url.set(database=name).render_as_string(hide_password=False)
-    try:
+    with fresh_postgres_database(postgres_url, "hpo_empty") as empty:
         out = cli("studies", "--storage", empty)
         assert out.returncode == 0 and "no studies yet" in out.stdout, out.stderr
         out = cli("status", "--study", "smoke", "--storage", empty)
@@ -222,6 +211,3 @@ def test_reading_an_empty_postgres_database_creates_no_tables(postgres_url):
         engine = sqlalchemy.create_engine(empty, poolclass=sqlalchemy.pool.NullPool)
         assert sqlalchemy.inspect(engine).get_table_names() == []
         engine.dispose()
-    finally:
-        with psycopg.connect(**admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
