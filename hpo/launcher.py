@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from hpo.diskcheck import check_artifacts_writable, check_room
@@ -25,9 +24,9 @@ from hpo.errors import HpoError
 from hpo.preflight import check_models
 from hpo.progress import Counts, watch
 from hpo.spec import StudySpec
-from hpo.storage import MAX_RETRY, mask_url, resolve_storage_url, storage_of, with_retries
+from hpo.storage import mask_url, resolve_storage_url, storage_of, with_retries
 from hpo.study import create_or_resume, data_folder, spec_for
-from hpo.worker import STREAK_EXIT, check_data
+from hpo.worker import STREAK_EXIT, check_data, queue_retry
 
 __all__ = ["Launch", "budget_met", "devices_of", "fail_left_running", "prepare_launch",
            "run_workers"]
@@ -64,7 +63,8 @@ class Launch:
 
 def prepare_launch(study_name: str, *, storage: str | None, train_dir: str | None,
                    n_trials: int | None, timeout: float | None, heartbeat: int,
-                   artifacts: str | None, max_failures: int = 3) -> Launch:
+                   artifacts: str | None, max_failures: int = 3,
+                   spec: StudySpec | None = None) -> Launch:
     """Check everything, then create or resume the study (nothing is created on a bad input).
 
     Checked first: the study file, the data folder, every model the study can sample (its
@@ -76,7 +76,7 @@ def prepare_launch(study_name: str, *, storage: str | None, train_dir: str | Non
         SpecError, DataError, StorageError, HpoError: one line each.
     """
     url = resolve_storage_url(storage)
-    spec = spec_for(study_name, storage=url)
+    spec = spec or spec_for(study_name, storage=url)  # given: a study hpo refit writes
     train_dir = data_folder(spec.name, train_dir, storage=url)
     check_data(spec, train_dir)
     for line in check_models(spec, train_dir=train_dir):
@@ -185,7 +185,7 @@ def fail_left_running(study: optuna.Study, procs, codes: list[int]) -> list[str]
                       f"with code {codes[index]}; retried from its last checkpoint")
             storage_of(study).set_trial_user_attr(t._trial_id, "fail_reason", reason)
             study.tell(t.number, state=TrialState.FAIL)
-            RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, study.trials[t.number])
+            queue_retry(study, study.trials[t.number])
             left.setdefault(index, []).append(t.number)
     except Exception as exc:  # the summary must come out even when the database is away
         log.warning("could not fail the trials left running: %s", exc)

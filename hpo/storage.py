@@ -7,6 +7,10 @@ Every Optuna storage call is a transaction of its own; the storage adds
 :meth:`_ResilientStorage.set_trial_attrs`, which writes a trial's user and system attributes in
 one (the objective records a trial's results and artifact records in one commit, not 20), and
 :func:`storage_of`, which finds that storage behind a study.
+
+A lost database is ridden out (hpo.storage_retry): idempotent calls are retried for
+``$HPO_STORAGE_RETRY_SECONDS``, the heartbeat never raises, and a trial counts as stale (its
+worker dead) only after a grace period of silence while the database was up.
 """
 from __future__ import annotations
 
@@ -15,24 +19,26 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import optuna
 import sqlalchemy.exc
 import sqlalchemy.orm
-from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 # Optuna's table classes: it exports no public name for them, and the batch write below must
 # write exactly the rows Optuna's own calls write.
 from optuna.storages._rdb.models import (
+    TrialHeartbeatModel,
     TrialModel,
     TrialSystemAttributeModel,
     TrialUserAttributeModel,
 )
+from optuna.trial import TrialState
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import URL, make_url
@@ -40,22 +46,38 @@ from sqlalchemy.engine import URL, make_url
 from hpo.errors import StorageError
 from hpo.secrets import mask_url
 from hpo.storage_lock import creation_lock
+from hpo.storage_retry import (
+    LOST,
+    RETRY_ENV,
+    caused_by,
+    database_lost,
+    lost_error,
+    lost_within,
+    note_lost,
+    reason_of,
+    retry_call,
+    retry_seconds,
+    with_retries,
+)
 
 __all__ = [
     "DEFAULT_STORAGE",
     "MAX_RETRY",
+    "RETRY_ENV",
+    "database_lost",
+    "retry_seconds",
     "mask_url",
     "resolve_storage_url",
     "open_storage",
     "storage_of",
     "with_retries",
+    "lost_error",
     "quiet_optuna",
 ]
 
 log = logging.getLogger("hpo")
 DEFAULT_STORAGE = "sqlite:///hpo.db"
 MAX_RETRY = 3  # retries of a trial whose worker died or was stopped
-_T = TypeVar("_T")
 _DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
 
 
@@ -82,10 +104,10 @@ def _prepare_sqlite(url: str, *, read_only: bool = False) -> dict:
     return {"connect_args": {"timeout": 60}}
 
 
-_LOST = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
 # Calls that are safe to repeat after a lost connection (reads, and writes that set a value).
 # create_new_trial is not: a repeat after a commit whose answer was lost would leave a RUNNING
-# trial nobody owns; its caller (the worker loop) retries the whole trial instead.
+# trial nobody owns; its caller (the worker loop) retries the whole trial instead, and the stale
+# check below fails such an orphan. The private ones are those Optuna's trial cache calls.
 _IDEMPOTENT = (
     "get_all_studies", "get_all_trials", "get_best_trial", "get_n_trials",
     "get_study_directions", "get_study_id_from_name", "get_study_name_from_id",
@@ -94,35 +116,103 @@ _IDEMPOTENT = (
     "get_trial_system_attrs", "get_trial_user_attrs", "set_study_system_attr",
     "set_study_user_attr", "set_trial_intermediate_value", "set_trial_param",
     "set_trial_system_attr", "set_trial_user_attr", "check_trial_is_updatable",
+    "_get_trials", "_set_trial_param", "_get_best_trial_id",
 )
 
 
 class _ResilientStorage(RDBStorage):
-    """RDBStorage that rides out a short database outage (a restart, a failover).
+    """RDBStorage that rides out a database outage (a restart, a failover, a stopped server).
 
-    Idempotent calls are retried with exponential backoff for about a minute, so a trial that
-    reports an epoch or records its results during a restart is not lost. The heartbeat never
-    raises: one failed write would end Optuna's heartbeat thread and make a live trial look
-    dead, so another worker would retry it while it still runs.
+    Idempotent calls are retried with exponential backoff for :func:`retry_seconds` (default
+    300 s), so a trial that reports an epoch or records its results during an outage is not
+    lost. The heartbeat never raises: one failed write would end the heartbeat thread and make
+    a live trial look dead. And a trial is judged dead (stale) only by silence while the
+    database was up: see :meth:`_get_stale_trial_ids`.
     """
+
+    _heartbeat_failing = False
+    _never_beat: dict[int, float] = {}  # trial id -> when this process first saw it beatless
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
             super().record_heartbeat(trial_id)
-        except (*_LOST, sqlalchemy.exc.DBAPIError, StorageInternalError) as exc:
-            log.warning("heartbeat of trial %d not recorded (%s); will try again", trial_id,
-                        _reason(exc))
+        except Exception as exc:  # the thread must live: any error, the next beat tries again
+            if database_lost(exc):
+                note_lost()
+            if not self._heartbeat_failing:
+                log.warning("heartbeat of trial %d not recorded (%s); will try again",
+                            trial_id, reason_of(exc))
+            self._heartbeat_failing = True
+            return
+        if self._heartbeat_failing:
+            log.info("heartbeat of trial %d recorded again", trial_id)
+            self._heartbeat_failing = False
 
     def set_trial_state_values(self, trial_id, state, values=None) -> bool:
+        tries = [0]
+
         def attempt() -> bool:
+            tries[0] += 1
             try:
                 return RDBStorage.set_trial_state_values(self, trial_id, state, values)
             except optuna.exceptions.UpdateFinishedTrialError:
-                # the first try committed but its answer was lost: done if the state matches
-                if self.get_trial(trial_id).state == state:
+                # A repeat after a lost connection: the first try committed but its answer was
+                # lost when the state is ours. On a first try it is someone else's (told twice
+                # is an error, never a success).
+                if tries[0] > 1 and self.get_trial(trial_id).state == state:
                     return True
                 raise
-        return _retry(attempt, what=f"recording trial state {state.name}")
+        return retry_call(attempt, what=f"recording trial state {state.name}")
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Running trials of the study silent for longer than the grace period.
+
+        Silence is counted only while the database was up: on PostgreSQL from the server's
+        start at the latest (after a restart every worker gets a whole grace period to beat
+        again), and not at all by a process that lost the database within the grace period
+        and a heartbeat (its view of the others' silence is the outage's). A trial that never
+        beat (created by a call whose answer was lost) is stale once this process has seen it
+        silent for the grace period and a minute more.
+        """
+        interval = self.heartbeat_interval or 0
+        grace = self.grace_period or 2 * interval
+        if lost_within(grace + interval):
+            return []
+        now, since, rows = retry_call(lambda: self._running_beats(study_id),
+                                      what="checking for dead workers")
+        stale, silent = [], {}
+        for trial_id, beat in rows:
+            if beat is None:  # never beat: judged by this process's own clock
+                first = self._never_beat.get(trial_id, time.monotonic())
+                silent[trial_id] = first
+                # a minute more than a beating trial gets: a first beat may wait for a lock
+                if time.monotonic() - first > grace + interval + 60:
+                    stale.append(trial_id)
+                continue
+            last = max(beat, since) if since is not None else beat
+            if now - last > timedelta(seconds=grace):
+                stale.append(trial_id)
+        self._never_beat = silent
+        return stale
+
+    def _running_beats(self, study_id: int) -> tuple[datetime, datetime | None, list]:
+        with _transaction(self.scoped_session) as session:
+            now = session.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
+            since = None
+            if self.engine.name == "postgresql":
+                since = session.execute(sqlalchemy.text(
+                    "SELECT pg_postmaster_start_time()")).scalar()
+            rows = session.execute(
+                sqlalchemy.select(TrialModel.trial_id, TrialHeartbeatModel.heartbeat)
+                .outerjoin(TrialHeartbeatModel,
+                           TrialHeartbeatModel.trial_id == TrialModel.trial_id)
+                .where(TrialModel.study_id == study_id,
+                       TrialModel.state == TrialState.RUNNING)).all()
+        # naive times in the session's zone, as Optuna stores heartbeats
+        if since is not None:
+            since = since.astimezone(now.tzinfo).replace(tzinfo=None)
+        now = now.replace(tzinfo=None)
+        return now, since, [(r[0], r[1]) for r in rows]
 
     def set_trial_attrs(self, trial_id: int, *, user: Mapping[str, Any] | None = None,
                         system: Mapping[str, Any] | None = None) -> None:
@@ -165,7 +255,20 @@ class _ResilientStorage(RDBStorage):
                     if values:
                         self._upsert_attrs(session, model, trial_id, values)
 
-        _retry(attempt, what=f"recording {count} attributes of trial {trial_id}")
+        retry_call(attempt, what=f"recording {count} attributes of trial {trial_id}")
+
+    def set_fail_reason(self, trial_id: int, reason: str) -> None:
+        """Record why a trial failed (user attribute ``fail_reason``), after it was failed.
+
+        Optuna's attribute calls refuse a finished trial; a trial failed for a dead worker
+        gets its reason right after its state (a write that sets a value: repeatable).
+        """
+        def attempt() -> None:
+            with _transaction(self.scoped_session) as session:
+                self._upsert_attrs(session, TrialUserAttributeModel, trial_id,
+                                   {"fail_reason": reason})
+
+        retry_call(attempt, what=f"recording why trial id {trial_id} failed")
 
     def _upsert_attrs(self, session: sqlalchemy.orm.Session, model, trial_id: int,
                       values: dict[str, Any]) -> None:
@@ -218,35 +321,10 @@ def storage_of(study: optuna.Study) -> RDBStorage | None:
     return storage if hasattr(storage, "set_trial_attrs") else None
 
 
-def _retry(fn: Callable[[], _T], *, what: str, attempts: int = 9,
-           errors: tuple[type[BaseException], ...] = _LOST) -> _T:
-    """Call ``fn``; on ``errors`` wait (exponential backoff) and try again; re-raise the last."""
-    delay = 0.5
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except Exception as exc:
-            if attempt == attempts or not _caused_by(exc, errors):
-                raise
-            log.warning("database unavailable while %s (%s); retrying in %.1f s", what,
-                        _reason(exc), delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 15.0)
-    raise AssertionError("unreachable")
-
-
-def _caused_by(exc: BaseException, errors: tuple[type[BaseException], ...]) -> bool:
-    # Optuna's session helper re-raises every SQLAlchemy error as StorageInternalError (with
-    # the original as its cause), so a lost connection hides one level down.
-    if isinstance(exc, StorageInternalError):
-        exc = exc.__cause__ or exc
-    return isinstance(exc, errors)
-
-
 def _retrying(name: str):
     def call(self, *args, **kwargs):
         method = getattr(RDBStorage, name)
-        return _retry(lambda: method(self, *args, **kwargs), what=name.replace("_", " "))
+        return retry_call(lambda: method(self, *args, **kwargs), what=name.replace("_", " "))
 
     call.__name__ = name
     call.__doc__ = getattr(RDBStorage, name).__doc__
@@ -255,14 +333,6 @@ def _retrying(name: str):
 
 for _name in _IDEMPOTENT:
     setattr(_ResilientStorage, _name, _retrying(_name))
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, StorageInternalError) and exc.__cause__ is not None:
-        exc = exc.__cause__
-    orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-    return text
 
 
 def open_storage(
@@ -291,6 +361,7 @@ def open_storage(
         StorageError: unreachable server, bad credentials, unknown database or driver; the
             message names the host with the password masked, and the fix.
     """
+    retry_seconds()  # a bad $HPO_STORAGE_RETRY_SECONDS is one line now, not in mid-trial
     url = resolve_storage_url(url)
     masked = mask_url(url)
     parsed = _parse(url, masked)
@@ -336,9 +407,9 @@ def _parse(url: str, masked: str) -> URL:
 
 def _storage_error(exc: Exception, parsed: URL, masked: str) -> StorageError | None:
     """The one-line error for a storage that did not open, or None to let ``exc`` through."""
-    if _caused_by(exc, _LOST):  # also behind Optuna's StorageInternalError (read-only open)
+    if caused_by(exc, LOST):  # also behind Optuna's StorageInternalError (read-only open)
         host = f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
-        reason = _reason(exc)
+        reason = reason_of(exc)
         if any(w in reason.lower() for w in ("password", "authentication", "role ")):
             return StorageError(f"the study database at {masked} refused the login "
                                 f"({reason}); check the user and password in --storage or "
@@ -347,27 +418,11 @@ def _storage_error(exc: Exception, parsed: URL, masked: str) -> StorageError | N
                             "start the database or fix --storage / HPO_STORAGE")
     if isinstance(exc, (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError,
                         ImportError)):
-        return StorageError(f"storage URL {masked} cannot be used ({_reason(exc)}); for "
+        return StorageError(f"storage URL {masked} cannot be used ({reason_of(exc)}); for "
                             "PostgreSQL install psycopg: pip install 'psycopg[binary]'")
     if isinstance(exc, RuntimeError):  # optuna: schema from another version
-        return StorageError(f"study database {masked}: {_reason(exc)}")
+        return StorageError(f"study database {masked}: {reason_of(exc)}")
     return None
-
-
-def with_retries(fn: Callable[[], _T], *, what: str, attempts: int = 8) -> _T:
-    """Call ``fn``; on a lost database connection wait (exponential backoff) and try again.
-
-    Raises:
-        StorageError: the database stayed away for all ``attempts``.
-    """
-    errors = (sqlalchemy.exc.DBAPIError,)
-    try:
-        return _retry(fn, what=what, attempts=attempts, errors=errors)
-    except Exception as exc:
-        if not _caused_by(exc, errors):
-            raise
-        raise StorageError(f"lost the study database while {what} after {attempts} "
-                           f"tries: {_reason(exc)}") from None
 
 
 def quiet_optuna() -> None:

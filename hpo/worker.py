@@ -8,11 +8,14 @@ finished lineages whatever crashed on the way.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import signal
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Callable
 
 import optuna
@@ -25,7 +28,15 @@ from hpo.budget import Budget, BudgetLock, budget_state
 from hpo.diskcheck import check_artifacts_writable, check_room
 from hpo.objective import Objective
 from hpo.spec import StudySpec
-from hpo.storage import MAX_RETRY, mask_url, resolve_storage_url, storage_of, with_retries
+from hpo.storage import (
+    MAX_RETRY,
+    database_lost,
+    lost_error,
+    mask_url,
+    resolve_storage_url,
+    storage_of,
+    with_retries,
+)
 from hpo.study import create_or_resume
 from trainer import COMPETITION_AGE_BINS, scan_train
 
@@ -33,6 +44,7 @@ __all__ = [
     "STREAK_EXIT",
     "check_data",
     "install_stop_signals",
+    "queue_retry",
     "run_worker",
     "worker_main",
 ]
@@ -125,7 +137,7 @@ def _trials_until_done(study: optuna.Study, objective: Objective, lock: BudgetLo
         check_room(artifacts)
         if heartbeat_interval:
             # A dead worker's trial only turns FAIL (and gets its retry) when someone looks.
-            with_retries(lambda: fail_stale_trials(study), what="checking for dead workers")
+            with_retries(lambda: _fail_stale(study), what="checking for dead workers")
         # Held from the count until the new trial exists (the objective's first line releases
         # it), so workers starting at once cannot overshoot the budget.
         with_retries(lock.acquire, what="taking the study's budget lock")
@@ -149,13 +161,139 @@ def _trials_until_done(study: optuna.Study, objective: Objective, lock: BudgetLo
 
 
 def _run_one(study: optuna.Study, objective: Objective, callbacks) -> None:
-    try:
-        with_retries(lambda: study.optimize(objective, n_trials=1, catch=(Exception,),
-                                            callbacks=callbacks),
-                     what="running a trial")
-    except KeyboardInterrupt:
-        _retry_interrupted(study, objective.current_trial)
-        raise
+    """One trial: create it, train it under a heartbeat, record its outcome exactly once.
+
+    Optuna's ``study.optimize`` does the same but cannot ride out a lost database (it crashes
+    on a trial failed behind its back, or on a tell whose answer was lost); this loop retries
+    every storage call through :func:`with_retries` and drops a trial another worker failed.
+    """
+    trial = with_retries(lambda: _ask(study), what="starting a trial")
+    value, state, interrupt = None, TrialState.FAIL, None
+    with _Heartbeat(study, trial._trial_id):
+        try:
+            value, state = objective(trial), TrialState.COMPLETE
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except KeyboardInterrupt as exc:
+            interrupt = exc
+        except Exception as exc:  # recorded by the objective (fail_reason): the trial is FAIL
+            if database_lost(exc):  # ... unless the database stayed away past the bound
+                raise lost_error(f"running trial {trial.number}", exc) from None
+    frozen = _tell(study, trial, state, value)
+    if interrupt is not None:
+        if frozen is not None:  # else the worker that failed it queued its retry already
+            _retry_interrupted(study, trial.number)
+        raise interrupt
+    for callback in (frozen is not None and callbacks) or ():
+        callback(study, frozen)
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    """Fail the trials of silent workers, record why, and queue their retries."""
+    storage = storage_of(study)
+    if storage is None:
+        fail_stale_trials(study)
+        return
+    grace = storage.grace_period or 2 * (storage.heartbeat_interval or 0)
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        worker = storage.get_trial(trial_id).user_attrs.get("worker", "?")
+        try:
+            if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it finished, or another worker failed it first
+        trial = storage.get_trial(trial_id)
+        storage.set_fail_reason(trial_id, f"its worker {worker} was silent (no heartbeat) for "
+                                f"more than {grace} s while the database was up; retried from "
+                                "its last checkpoint")
+        log.warning("trial %d failed: its worker %s stopped beating; retried from its last "
+                    "checkpoint", trial.number, worker)
+        queue_retry(study, trial)
+
+
+def queue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial, *,
+                max_retry: int | None = MAX_RETRY) -> None:
+    """Queue the retry of a failed trial: it resumes from the trial's last checkpoint.
+
+    The retry starts with the failed trial's user attributes (Optuna copies them), less its
+    ``fail_reason``: the retry has not failed.
+    """
+    clean = copy.deepcopy(trial)
+    clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
+    RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, clean)
+
+
+def _ask(study: optuna.Study) -> optuna.Trial:
+    with warnings.catch_warnings():
+        # "Heartbeat ... supposed to be used with Study.optimize": _Heartbeat beats instead
+        warnings.simplefilter("ignore", UserWarning)
+        return study.ask()
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState,
+          value: float | None) -> optuna.trial.FrozenTrial | None:
+    """Record the trial's outcome once; None when another worker finished it first (stale)."""
+    told = {"state": state, "tries": 0}
+
+    def tell() -> optuna.trial.FrozenTrial | None:
+        told["tries"] += 1
+        before = study._storage.get_trial(trial._trial_id)
+        if before.state.is_finished():
+            # On a repeat, our first tell may have committed before its answer was lost.
+            ours = told["tries"] > 1 and before.state == told["state"]
+            return before if ours else None
+        try:
+            return study.tell(trial, value if state == TrialState.COMPLETE else None,
+                              state=state, skip_if_finished=True)
+        except ValueError as exc:  # e.g. a NaN value: the trial fails, as optimize does
+            log.warning("trial %d failed: %s", trial.number, exc)
+            told["state"] = TrialState.FAIL
+            return study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+
+    frozen = with_retries(tell, what=f"recording trial {trial.number} {state.name}")
+    if frozen is None or frozen.state != told["state"]:
+        log.warning("trial %d was failed by another worker while this one ran it (its heartbeat "
+                    "was silent longer than the grace period) and is retried there; this worker "
+                    "drops it and goes on", trial.number)
+        return None
+    return frozen
+
+
+class _Heartbeat:
+    """Records the running trial's heartbeat every interval in a background thread.
+
+    The storage's ``record_heartbeat`` never raises (it logs a lost database once), so the
+    thread lives as long as the trial, through any outage.
+    """
+
+    def __init__(self, study: optuna.Study, trial_id: int) -> None:
+        self.storage = study._storage
+        get = getattr(self.storage, "get_heartbeat_interval", None)
+        self.interval = get() if get is not None else None
+        self.trial_id = trial_id
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception as exc:  # never let the thread die
+                log.warning("heartbeat of trial id %d failed: %s", self.trial_id, exc)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> _Heartbeat:
+        if self.interval:
+            self._thread = threading.Thread(target=self._beat, daemon=True,
+                                            name=f"heartbeat-{self.trial_id}")
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)  # a beat may wait for a connection (10 s timeout)
 
 
 def _retry_interrupted(study: optuna.Study, number: int | None) -> None:
@@ -165,7 +303,7 @@ def _retry_interrupted(study: optuna.Study, number: int | None) -> None:
     try:
         trial = study.get_trials(deepcopy=False)[number]
         if trial.state == TrialState.FAIL:
-            RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trial)
+            queue_retry(study, trial)
     except Exception as exc:  # stopping must not fail because the database is away
         log.warning("could not queue a retry of trial %s: %s", number, exc)
 

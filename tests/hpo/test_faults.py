@@ -1,8 +1,10 @@
-"""Faults injected with real processes: SIGKILL, SIGTERM, a database restart, bad trials."""
+"""Faults injected with real processes: SIGKILL, SIGTERM, Ctrl-C, bad trials.
+
+Database restarts and outages: tests/hpo/test_outage.py.
+"""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -137,46 +139,54 @@ def test_ctrl_c_to_launch_stops_every_worker(tmp_path, tiny_data):
     assert TrialState.RUNNING not in states
 
 
-def _pg_restart_command() -> list[str] | None:
-    tool = shutil.which("pg_ctlcluster")
-    if tool is None or os.geteuid() != 0 or not os.path.isdir("/etc/postgresql"):
-        return None
-    version = sorted(os.listdir("/etc/postgresql"))[0]
-    return [tool, "--skip-systemctl-redirect", version, "main", "restart"]
+# -- a lost database: the retry bound, and its setting ---------------------------------------
 
 
-@pytest.mark.slow
-@pytest.mark.postgres
-def test_database_restart_mid_study(tmp_path, tiny_data, postgres_url):
-    restart = _pg_restart_command()
-    if restart is None:
-        pytest.skip("needs root and pg_ctlcluster to restart the local PostgreSQL server")
-    study = _study_file(tmp_path, n_trials=5, fixed={**SLOW_STUDY["fixed"], "epochs": 3})
-    launch = subprocess.Popen(
-        [sys.executable, "-m", "hpo.cli", "launch", "--study", study, "--storage", postgres_url,
-         "--artifacts", str(tmp_path / "art"), "--data", str(tiny_data / "train"),
-         "--workers", "2", "--heartbeat", "2"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    completed = []
-    while not completed and time.monotonic() < deadline:
-        time.sleep(0.5)
-        try:
-            trials = optuna.load_study(study_name="faulty", storage=postgres_url).trials
-        except Exception:
-            continue
-        completed = [t.number for t in trials if t.state == TrialState.COMPLETE]
-    assert completed, "no trial completed before the restart"
-    subprocess.run(restart, check=True, capture_output=True, timeout=120)
-    _, err = launch.communicate(timeout=500)
-    assert launch.returncode == 0, err
-    trials = optuna.load_study(study_name="faulty", storage=postgres_url).trials
-    states = {t.number: t.state for t in trials}
-    assert all(states[n] == TrialState.COMPLETE for n in completed)  # nothing completed is lost
-    assert TrialState.RUNNING not in states.values()
-    lineages = [t for t in trials if "failed_trial" not in t.system_attrs]
-    assert len(lineages) >= 5
-    assert sum(t.state == TrialState.COMPLETE for t in trials) >= 5
+def test_a_database_that_stays_away_stops_with_one_line(monkeypatch):
+    """A real refused connection is retried for HPO_STORAGE_RETRY_SECONDS, then one line."""
+    import sqlalchemy
+
+    from hpo.errors import StorageError
+    from hpo.storage import with_retries
+
+    monkeypatch.setenv("HPO_STORAGE_RETRY_SECONDS", "1")
+    engine = sqlalchemy.create_engine("postgresql+psycopg://hpo@127.0.0.1:1/hpo",
+                                      connect_args={"connect_timeout": 2})
+    tries = []
+
+    def connect():
+        tries.append(time.monotonic())
+        with engine.connect():
+            pass
+
+    with pytest.raises(StorageError) as info:
+        with_retries(connect, what="counting trials")
+    message = str(info.value)
+    assert message.startswith("lost the study database while counting trials and it did not "
+                              "come back within 1 s (connection failed")
+    assert message.endswith("start it again and resume, or set HPO_STORAGE_RETRY_SECONDS to "
+                            "wait longer") and "\n" not in message
+    assert len(tries) == 3 and tries[-1] - tries[0] >= 1.0  # waited 0.5 + 1 s, then gave up
+    from tests.test_errors import _in_doc
+
+    _in_doc("and it did not come back within 300 s")
+    _in_doc("start it again and resume, or set HPO_STORAGE_RETRY_SECONDS to wait longer")
+
+
+def test_a_bad_retry_setting_is_one_line(tmp_path):
+    from hpo.study import create_or_resume
+    from tests.conftest import cli
+    from tests.test_errors import _assert_one_line, _in_doc
+
+    create_or_resume(load_study_spec("smoke"), storage=f"sqlite:///{tmp_path}/hpo.db",
+                     heartbeat_interval=None)
+    out = cli("status", "--study", "smoke", "--storage", f"sqlite:///{tmp_path}/hpo.db",
+              env={"HPO_STORAGE_RETRY_SECONDS": "soon"})
+    message = ("HPO_STORAGE_RETRY_SECONDS is 'soon', but must be a number of seconds > 0 (how "
+               "long a worker waits for a lost study database); e.g. "
+               "HPO_STORAGE_RETRY_SECONDS=300")
+    _assert_one_line(out, message)
+    _in_doc(message)
 
 
 # -- bad trials: real models that fail the way big or broken models do ------------------------

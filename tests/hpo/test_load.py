@@ -54,11 +54,11 @@ def _check(url: str, *, workers: int, trials: int, tmp_path) -> None:
     pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
     assert done and pruned, summary
     for t in done:
-        assert set(t.user_attrs["artifacts"]) == set(TRIAL_FILES), t.number
-        assert t.user_attrs["epochs_run"] == list(range(1, EPOCHS + 1)), t.number
+        assert set(t.system_attrs["hpo:artifacts"]) == set(TRIAL_FILES), t.number
+        assert t.system_attrs["hpo:epochs_run"] == list(range(1, EPOCHS + 1)), t.number
         assert len(t.intermediate_values) == EPOCHS, t.number
     for t in pruned:
-        assert len(t.user_attrs["epochs_run"]) < EPOCHS, t.number
+        assert len(t.system_attrs["hpo:epochs_run"]) < EPOCHS, t.number
     stored = list((artifacts / "store").iterdir())
     assert len(stored) == len(TRIAL_FILES) * len(done)
 

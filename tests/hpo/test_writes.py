@@ -24,14 +24,18 @@ from sqlalchemy import event
 from bench.storage_probe import written_table
 from bench.storage_standin import StandInFit, bench_spec
 from hpo.artifacts import TRIAL_FILES, ArtifactPaths
+from hpo.manifest import file_sha256
 from hpo.objective import Objective
 from hpo.storage import open_storage, storage_of
+from hpo.trial_record import artifact_ids, recorded_value, trial_epochs_run, trial_metrics
 
 EPOCHS = 3
-START_KEYS = {"host", "worker", "seed", "versions", "device"}
-RESULT_KEYS = {"metrics", "f1", "accuracy", "mask_f1", "gender_f1", "age_f1", "best_epoch",
-               "epochs_run", "seconds", "images_per_second", "device", "val_hash",
-               "artifacts", "progress"}
+START_KEYS = {"host", "worker", "seed", "device"}
+RESULT_KEYS = {"f1", "accuracy", "mask_f1", "gender_f1", "age_f1", "best_epoch", "seconds",
+               "images_per_second", "device", "val_hash", "progress"}
+# The large or nested records: trial system attributes, out of the dashboard's trial table.
+SYSTEM_KEYS = {"hpo:versions", "hpo:artifacts", "hpo:sha256", "hpo:metrics", "hpo:value",
+               "hpo:epochs_run"}
 ATTR_TABLES = {"trial_user_attributes", "trial_system_attributes"}
 # Write transactions of one completed 3-epoch trial with batched attributes, measured: create
 # the trial 1, Optuna's suggest 5 (one per parameter), start attributes 1, reports 3, progress
@@ -114,14 +118,23 @@ def test_one_trial_makes_few_commits_and_keeps_every_reader_key(url, tmp_path):
     assert old_counter.commits >= counter.commits + 20  # the per-attribute path, for scale
 
     assert set(trial.user_attrs) == START_KEYS | RESULT_KEYS == set(old.user_attrs)
-    volatile = {"seconds", "artifacts"}  # wall time; fresh artifact ids
-    for key in set(trial.user_attrs) - volatile:
+    for key in set(trial.user_attrs) - {"seconds"}:  # wall time
         assert trial.user_attrs[key] == old.user_attrs[key], key
-    assert trial.user_attrs["epochs_run"] == list(range(1, EPOCHS + 1))
+
+    def hpo_keys(t):
+        return {k for k in t.system_attrs if k.startswith("hpo:")}
+
+    assert hpo_keys(trial) == SYSTEM_KEYS == hpo_keys(old)
+    for key in SYSTEM_KEYS - {"hpo:artifacts", "hpo:sha256"}:  # fresh artifact ids
+        assert trial.system_attrs[key] == old.system_attrs[key], key
+    assert trial_epochs_run(trial) == list(range(1, EPOCHS + 1))
     assert trial.user_attrs["progress"] == {"epoch": EPOCHS, "epochs": EPOCHS,
                                             "f1": round(trial.user_attrs["f1"], 5)}
-    assert trial.user_attrs["metrics"]["f1"] == trial.user_attrs["f1"] == round(trial.value, 6)
-    assert set(trial.user_attrs["artifacts"]) == set(TRIAL_FILES)
+    assert trial_metrics(trial)["f1"] == trial.user_attrs["f1"] == round(trial.value, 6)
+    assert recorded_value(trial, "f1") == trial.value
+    assert set(artifact_ids(trial)) == set(TRIAL_FILES)
+    best = tmp_path / "art" / "store" / artifact_ids(trial)["best.pt"]
+    assert trial.system_attrs["hpo:sha256"] == {"best.pt": file_sha256(best)}
     assert isinstance(trial.user_attrs["seconds"], float)
     assert trial.intermediate_values == old.intermediate_values
 
@@ -130,7 +143,7 @@ def test_artifact_records_are_the_ones_the_dashboard_reads(url, tmp_path):
     trial, storage, _ = _run_one(url, tmp_path, batched=True)
     old, old_storage, _ = _run_one(url, tmp_path / "old", batched=False)
 
-    ids = trial.user_attrs["artifacts"]
+    ids = artifact_ids(trial)
     metas = {m.artifact_id: m for m in get_all_artifact_meta(trial, storage=storage)}
     assert set(metas) == set(ids.values())
     old_metas = {m.filename: m for m in get_all_artifact_meta(old, storage=old_storage)}
@@ -172,7 +185,7 @@ def test_failed_trial_one_write_and_its_retry_records_where_it_resumed(url, tmp_
     failed = study.trials[0]
     assert failed.state == TrialState.FAIL
     assert failed.user_attrs["fail_reason"] == "RuntimeError: the GPU fell off the bus"
-    assert failed.user_attrs["epochs_run"] == [1, 2]
+    assert trial_epochs_run(failed) == [1, 2]
     assert failed.user_attrs["progress"]["epoch"] == 2
     assert START_KEYS <= set(failed.user_attrs)
     assert counter.attr_writes == 1 + 2 + 1  # start, two epochs' progress, the failure
@@ -185,8 +198,9 @@ def test_failed_trial_one_write_and_its_retry_records_where_it_resumed(url, tmp_
     # tests/hpo/test_disk.py and test_faults.py check that an interrupted or killed trial's
     # retry resumes and records where.
     assert "resumed_from" not in retry.user_attrs
-    assert retry.user_attrs["epochs_run"] == [1, 2, 3]
+    assert trial_epochs_run(retry) == [1, 2, 3]
     assert START_KEYS | RESULT_KEYS <= set(retry.user_attrs)
+    assert SYSTEM_KEYS <= set(retry.system_attrs)
 
 
 def test_pruned_trial_one_write(tmp_path):
@@ -196,7 +210,7 @@ def test_pruned_trial_one_write(tmp_path):
     study.optimize(_objective(study, tmp_path, batched=True), n_trials=1)
     trial = study.trials[0]
     assert trial.state == TrialState.PRUNED
-    assert trial.user_attrs["epochs_run"] == [1]
+    assert trial_epochs_run(trial) == [1]
     assert trial.user_attrs["progress"]["epoch"] == 1
     assert counter.attr_writes == 1 + 1 + 1  # start, epoch 1's progress, the prune
 
