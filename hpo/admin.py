@@ -16,13 +16,14 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from hpo.artifacts import checkpoint_files, default_artifacts_dir, trial_folder
+from hpo.artifacts import checkpoint_files, default_artifacts_dir, pending_ids, trial_folder
 from hpo.budget import retried_numbers
 from hpo.errors import EnsembleError, HpoError
 from hpo.manifest import ensemble_rows, load_manifest
 from hpo.progress import size_text
 from hpo.storage import with_retries
 from hpo.study import open_for_reading
+from hpo.trial_record import artifact_ids
 
 __all__ = [
     "DeleteResult",
@@ -91,9 +92,11 @@ def retry_failed(study: optuna.Study) -> list[int]:
     trials = with_retries(lambda: study.get_trials(deepcopy=False), what="reading trials")
     retried = retried_numbers(trials)
     queue = [t for t in trials if t.state == TrialState.FAIL and t.number not in retried]
-    again = RetryHeartbeatStaleTrialCallback(max_retry=None)
-    for t in queue:
-        with_retries(lambda t=t: again(study, t), what=f"queueing a retry of trial {t.number}")
+    from hpo.worker import queue_retry  # the worker imports this module
+
+    for t in queue:  # by hand: no limit on retries; the retry has not failed (no fail_reason)
+        with_retries(lambda t=t: queue_retry(study, t, max_retry=None),
+                     what=f"queueing a retry of trial {t.number}")
     return [t.number for t in queue]
 
 
@@ -108,13 +111,15 @@ class DeleteResult:
 
 
 def _study_files(study: optuna.Study, root: Path) -> list[Path]:
-    """The study's stored artifacts and its trials' working folder (that exist)."""
-    files = []
+    """The study's stored artifacts (those that exist), orphaned uploads included."""
+    ids: set[str] = set()  # a set: a retry that took a killed trial's result shares its files
     for t in study.get_trials(deepcopy=False):
-        ids = set((t.user_attrs.get("artifacts") or {}).values())
+        ids.update(artifact_ids(t).values())
         ids.update(k[len(ARTIFACTS_ATTR_PREFIX):] for k in t.system_attrs
                    if k.startswith(ARTIFACTS_ATTR_PREFIX))
-        files += [root / "store" / i for i in ids if "/" not in i and i not in ("", ".", "..")]
+        # uploads of a worker killed before its records (no retry swept them)
+        ids.update(pending_ids(trial_folder(root, study.study_name, t.number)) or ())
+    files = [root / "store" / i for i in sorted(ids) if "/" not in i and i not in ("", ".", "..")]
     return [p for p in files if p.is_file()]
 
 
@@ -222,7 +227,7 @@ def _unneeded(study: optuna.Study, root: Path, keep_top: int) -> dict[Path, int]
         for path in checkpoint_files(trial_folder(root, study.study_name, t.number)):
             if path.resolve() not in named:
                 found[path] = t.number
-        artifact_id = (t.user_attrs.get("artifacts") or {}).get("best.pt")
+        artifact_id = artifact_ids(t).get("best.pt")
         if t.state != TrialState.COMPLETE or t.number in keep or not isinstance(artifact_id, str):
             continue
         stored = root / "store" / artifact_id

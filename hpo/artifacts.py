@@ -6,9 +6,16 @@
     ARTIFACTS/trials/<study>/<trial number>/      the running trial's output_dir (last.pt ...)
 
 A completed trial stores its config, best checkpoint, validation probabilities and labels and a
-confusion-matrix PNG and records their ids in the user attribute ``artifacts`` and, for the
-dashboard, one trial system attribute ``artifacts:<id>`` per file (the record
-``optuna.artifacts.upload_artifact`` writes); its working folder then keeps only small files.
+confusion-matrix PNG and records their ids in the trial system attribute ``hpo:artifacts`` (see
+:mod:`hpo.trial_record`; older studies: the user attribute ``artifacts``), the checkpoint's
+sha256 in ``hpo:sha256`` and, for the dashboard, one trial system attribute ``artifacts:<id>``
+per file (the record ``optuna.artifacts.upload_artifact`` writes); its working folder then keeps
+only small files. Every reader of a stored checkpoint (:meth:`ArtifactPaths.stored_path`,
+:meth:`ArtifactPaths.fetch`) checks it against that sha256.
+
+Before a file goes into the store its artifact id is written to the trial folder's pending
+list ``stored.json``: a worker killed between storing and recording leaves ids that no record
+names, and the trial's retry removes those files (:func:`sweep_pending`).
 
 Disk is bounded (DESIGN.md "Disk"): a checkpoint is kept only while something may need it. A
 completed trial keeps one ``best.pt`` (in the store) and no ``last.pt``; a pruned trial, or one
@@ -20,12 +27,15 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import mimetypes
 import os
 import shutil
 import uuid
+from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import optuna
@@ -38,24 +48,36 @@ from optuna.artifacts import (
 from PIL import Image, ImageDraw
 
 from hpo.errors import EnsembleError, HpoError
+from hpo.trial_record import artifact_ids, recorded_sha256
 
 __all__ = [
     "CHECKPOINTS",
+    "PENDING",
     "ArtifactPaths",
     "ArtifactStoreError",
+    "StoredFiles",
     "TRIAL_FILES",
     "checkpoint_files",
     "confusion_png",
     "default_artifacts_dir",
     "drop_checkpoints",
+    "drop_partial_saves",
+    "pending_ids",
+    "sweep_pending",
     "trial_folder",
 ]
+
+log = logging.getLogger("hpo")
 
 # What a completed trial stores. Not last.pt: a completed trial is never resumed.
 TRIAL_FILES = ("config.yaml", "best.pt", "val_probs.npy", "val_labels.npy", "confusion.png")
 CHECKPOINTS = ("best.pt", "last.pt")
 # Checkpoints moved into the store rather than copied (a hard link: no second copy on disk).
 _MOVED = frozenset({"best.pt"})
+# Files whose sha256 is recorded when the trial ends and checked by every reader.
+_HASHED = frozenset({"best.pt"})
+# The trial folder's list of artifact ids on their way into the store (see sweep_pending).
+PENDING = "stored.json"
 _MIME = {".yaml": "application/yaml", ".png": "image/png", ".npy": "application/octet-stream",
          ".pt": "application/octet-stream"}
 # The system attribute key prefix of an artifact record: optuna.artifacts writes and reads it
@@ -121,6 +143,34 @@ def drop_checkpoints(folder: Path) -> int:
     return freed
 
 
+def drop_partial_saves(folder: Path) -> int:
+    """Remove the half-written saves (``*.tmp``) a kill left in a trial's folder.
+
+    ``best.pt`` and ``last.pt`` stay: a retry resumes from them.
+
+    Returns:
+        How many files went.
+    """
+    gone = 0
+    for path in checkpoint_files(folder):
+        if path.name.endswith(".tmp"):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:  # the retry goes on; hpo gc can remove it later
+                log.warning("could not remove %s: %s", path, exc)
+                continue
+            gone += 1
+    return gone
+
+
+class StoredFiles(NamedTuple):
+    """What :meth:`ArtifactPaths.store_files` put into the store, for the trial's records."""
+
+    ids: dict[str, str]  # file name -> artifact id
+    records: dict[str, str]  # system attribute "artifacts:<id>" -> upload_artifact's JSON
+    sha256: dict[str, str]  # file name -> hex sha256 (the checkpoint)
+
+
 class ArtifactPaths:
     """The artifact folder of a deployment (shared by workers, promote and the dashboard)."""
 
@@ -148,45 +198,45 @@ class ArtifactPaths:
                                             mimetype=_MIME.get(path.suffix))
         return ids
 
-    def store_files(self, folder: Path) -> tuple[dict[str, str], dict[str, str]]:
+    def store_files(self, folder: Path) -> StoredFiles:
         """Put the trial's files from ``folder`` into the store, without touching the database.
 
         :meth:`upload` costs one database transaction per file; this returns the records
         instead, for the caller to write together with the trial's other attributes. The files
         are in the store before any record names them, so no reader finds a record without
-        its file. ``best.pt`` is hard-linked where the file system allows (one copy on disk
-        once :meth:`tidy` drops the working name); the other files are copied.
+        its file; and their ids are in the folder's pending list (:data:`PENDING`) before the
+        first file goes in, so files that no record ever names (the worker was killed before
+        the records) can be found and removed (:func:`sweep_pending`). ``best.pt`` is
+        hard-linked where the file system allows (one copy on disk once :meth:`tidy` drops the
+        working name); the other files are copied.
 
         Args:
             folder: the trial's working folder (its trainer ``output_dir``).
 
         Returns:
-            ({file name: artifact id}, {system attribute key: value}): the second holds one
-            ``artifacts:<id>`` record per file, in the JSON form ``upload_artifact`` writes.
+            The artifact ids, one ``artifacts:<id>`` record per file in the JSON form
+            ``upload_artifact`` writes, and the sha256 of the stored checkpoint.
 
         Raises:
             OSError: the store takes no file (read-only, full, not a folder); what this call
                 had put in the store is removed again, the working folder is left as it was.
         """
-        ids: dict[str, str] = {}
+        names = [name for name in TRIAL_FILES if (folder / name).is_file()]
+        ids = {name: str(uuid.uuid4()) for name in names}
+        _write_pending(folder, list(ids.values()))
         records: dict[str, str] = {}
+        sha256: dict[str, str] = {}
         try:
-            for name in TRIAL_FILES:
+            for name, artifact_id in ids.items():
                 path = folder / name
-                if not path.is_file():
-                    continue
-                artifact_id = str(uuid.uuid4())
-                ids[name] = artifact_id
                 self._put(path, artifact_id)
                 records[_ARTIFACT_ATTR_PREFIX + artifact_id] = _record(name, path, artifact_id)
+                if name in _HASHED:
+                    sha256[name] = _sha256(self.root / "store" / artifact_id)
         except OSError:
-            for artifact_id in ids.values():
-                try:
-                    (self.root / "store" / artifact_id).unlink(missing_ok=True)
-                except OSError:
-                    pass  # the store is unusable; the original error says why
+            sweep_pending(folder, self.root, named=())  # what this call stored, and the list
             raise
-        return ids, records
+        return StoredFiles(ids, records, sha256)
 
     def _put(self, path: Path, artifact_id: str) -> None:
         if path.name in _MOVED:
@@ -203,35 +253,47 @@ class ArtifactPaths:
         """Copy one stored file of a finished trial to ``dest``.
 
         Raises:
-            EnsembleError: the trial recorded no such file, or the store lost it.
+            EnsembleError: the trial recorded no such file, the store lost it, or its bytes
+                differ from the sha256 recorded when the trial ended (``dest`` is removed).
         """
-        ids = trial.user_attrs.get("artifacts") or {}
-        if name not in ids:
-            raise EnsembleError(f"trial {trial.number} has no stored {name}; it did not finish "
-                                "or ran with another artifact folder (--artifacts)")
+        artifact_id = self._artifact_id(trial, name)
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             download_artifact(artifact_store=self.store, file_path=str(dest),
-                              artifact_id=ids[name])
+                              artifact_id=artifact_id)
         except Exception as exc:  # the store raises its own not-found type
             raise EnsembleError(f"trial {trial.number}'s {name} is missing from the artifact "
                                 f"store {self.root / 'store'} ({type(exc).__name__}); point "
                                 "--artifacts at the folder the study used") from None
+        try:
+            _verify(trial, name, dest, shown=self.root / "store" / artifact_id)
+        except EnsembleError:
+            dest.unlink(missing_ok=True)
+            raise
         return dest
 
     def stored_path(self, trial: optuna.trial.FrozenTrial, name: str) -> Path:
-        """Where the store keeps a file (for reading in place, without a copy)."""
-        ids = trial.user_attrs.get("artifacts") or {}
-        if name not in ids:
-            raise EnsembleError(f"trial {trial.number} has no stored {name}; it did not finish "
-                                "or ran with another artifact folder (--artifacts)")
-        path = self.root / "store" / ids[name]
+        """Where the store keeps a file (for reading in place, without a copy).
+
+        Raises:
+            EnsembleError: the trial recorded no such file, the store lost it, or its bytes
+                differ from the sha256 recorded when the trial ended.
+        """
+        path = self.root / "store" / self._artifact_id(trial, name)
         if not path.is_file():
             raise EnsembleError(f"trial {trial.number}'s {name} is missing from {path} (hpo gc "
                                 "removed it, or this is not the study's artifact folder); "
                                 "point --artifacts at the folder the study used, or use a "
                                 "trial hpo gc kept (the top --keep-top and ensemble members)")
+        _verify(trial, name, path, shown=path)
         return path
+
+    def _artifact_id(self, trial: optuna.trial.FrozenTrial, name: str) -> str:
+        artifact_id = artifact_ids(trial).get(name)
+        if artifact_id is None:
+            raise EnsembleError(f"trial {trial.number} has no stored {name}; it did not finish "
+                                "or ran with another artifact folder (--artifacts)")
+        return artifact_id
 
     def tidy(self, folder: Path) -> None:
         """Drop a completed trial's working checkpoints (the store has its ``best.pt``)."""
@@ -239,6 +301,86 @@ class ArtifactPaths:
 
     def remove_trials(self, study_name: str) -> None:
         shutil.rmtree(self.root / "trials" / study_name, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    from hpo.manifest import file_sha256  # hpo.manifest imports this module
+
+    return file_sha256(path)
+
+
+def _verify(trial: optuna.trial.FrozenTrial, name: str, path: Path, *, shown: Path) -> None:
+    """The file's bytes are the ones the trial recorded (when it recorded a sha256)."""
+    recorded = recorded_sha256(trial, name)
+    if recorded is None:
+        return  # a file not hashed, or a trial written before checkpoints were hashed
+    actual = _sha256(path)
+    if actual != recorded:
+        raise EnsembleError(
+            f"trial {trial.number}'s {name} in {shown} changed after the trial ended (sha256 "
+            f"{recorded[:16]} recorded, {actual[:16]} now); put the original file back, or "
+            "use another trial (hpo promote leaves a changed trial out unless it is the best)")
+
+
+def _write_pending(folder: Path, ids: list[str]) -> None:
+    """Write the pending list all at once: a kill leaves the old list or the new one."""
+    path = folder / PENDING
+    tmp = folder / f".{PENDING}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps({"artifact_ids": ids}) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def pending_ids(folder: Path) -> list[str] | None:
+    """The artifact ids on a trial folder's pending list (None: no list; []: unreadable)."""
+    try:
+        data = json.loads((folder / PENDING).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return []  # unreadable: written by no complete write (the list is replaced whole)
+    ids = data.get("artifact_ids") if isinstance(data, dict) else None
+    return [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else []
+
+
+def sweep_pending(folder: Path, root: Path, *, named: Collection[str]) -> int | None:
+    """Remove the stored files a trial put into the store that no record names.
+
+    The trial wrote their ids to its pending list (:data:`PENDING`) before storing them; a
+    worker killed before the records leaves them orphaned. The pending list goes too.
+
+    Args:
+        folder: the trial's working folder.
+        root: the artifact folder (its ``store/`` holds the files).
+        named: the artifact ids the trial's records name (they stay).
+
+    Returns:
+        How many files were removed; None when a file could not be removed (the list then
+        stays, for the next sweep); 0 when there was no list.
+    """
+    ids = pending_ids(folder)
+    if ids is None:
+        return 0
+    gone = 0
+    for artifact_id in set(ids) - set(named):
+        if "/" in artifact_id or artifact_id in ("", ".", ".."):
+            continue
+        path = root / "store" / artifact_id
+        try:
+            if path.is_file():
+                path.unlink()
+                gone += 1
+        except OSError as exc:
+            log.warning("could not remove the orphaned upload %s: %s", path, exc)
+            return None
+    try:
+        (folder / PENDING).unlink(missing_ok=True)
+    except OSError as exc:  # harmless: the next sweep finds the files gone
+        log.warning("could not remove %s: %s", folder / PENDING, exc)
+        return None
+    return gone
 
 
 def _record(name: str, path: Path, artifact_id: str) -> str:

@@ -176,4 +176,10 @@ def manifest_table(m: dict[str, Any]) -> str:
                  f"(all {f1['all']:.4f})")
     lines.append(f"best single model on A: trial {single['trial']}, f1 B "
                  f"{single['f1_report']:.4f}; ensemble gain on B {m['gain_report']:+.4f}")
+    refit = m.get("refit")
+    if refit:  # hpo refit: out-of-fold probabilities of every training person
+        ens, one = refit["ensemble"], refit["best_single"]
+        lines.append(f"out of fold ({refit['folds']} folds, {refit['oof_images']} images): "
+                     f"ensemble f1 {ens['f1']:.4f} (age {ens['age_f1']:.4f}), best member "
+                     f"trial {one['trial']} f1 {one['f1']:.4f} (age {one['age_f1']:.4f})")
     return "\n".join(lines)

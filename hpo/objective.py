@@ -5,6 +5,21 @@ metric (one storage write for the report, one for the progress attribute, whose 
 goes with the results) and asks the pruner.
 A retried trial (its worker died) continues from the dead trial's ``last.pt``.
 
+No work is lost between the upload and COMPLETE. A trial ends in three writes: its files go
+into the artifact store (their ids first into the folder's pending list ``stored.json``), then
+its results and the files' records in one transaction, then Optuna's COMPLETE. A worker killed
+after the records leaves a RUNNING trial that has its result: the retry the heartbeat queues
+records that result as its own (same value, same stored files, the checkpoint's sha256 checked)
+and trains nothing. One killed between the upload and the records leaves files no record names:
+the retry removes them (and the half-written ``*.tmp`` saves) and resumes from ``last.pt``.
+Killed earlier, the retry resumes from ``last.pt``. ``HPO_TEST_KILL_AT=after_store`` or
+``after_records`` SIGKILLs the worker at those two points: a test-only hook
+(tests/hpo/test_records.py), never set in production.
+
+What a trial records is described in :mod:`hpo.trial_record`: short scalars as user attributes
+(the dashboard's trial table shows each as a column), the large or nested records as ``hpo:``
+system attributes.
+
 Checkpoints live only while something may need them (DESIGN.md "Disk"): a completed trial
 keeps its ``best.pt`` in the store and nothing in its folder; a pruned trial, or one that failed
 on its own, keeps none; an interrupted one keeps both for its retry, and when that retry ends
@@ -24,6 +39,7 @@ import hashlib
 import logging
 import os
 import platform
+import signal
 import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -35,13 +51,36 @@ import torch
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 
 import trainer
-from hpo.artifacts import ArtifactPaths, ArtifactStoreError, confusion_png, drop_checkpoints
+from hpo.artifacts import (
+    ArtifactPaths,
+    ArtifactStoreError,
+    StoredFiles,
+    confusion_png,
+    drop_checkpoints,
+    drop_partial_saves,
+    sweep_pending,
+)
+from hpo.errors import EnsembleError
 from hpo.space import build_config, suggest
 from hpo.spec import StudySpec
+from hpo.trial_record import (
+    ARTIFACTS_KEY,
+    EPOCHS_KEY,
+    METRICS_KEY,
+    RESULT_USER_KEYS,
+    SHA256_KEY,
+    VALUE_KEY,
+    VERSIONS_KEY,
+    artifact_ids,
+    recorded_sha256,
+    recorded_value,
+)
 
 __all__ = ["Objective", "library_versions", "val_hash"]
 
 log = logging.getLogger("hpo")
+# optuna.artifacts' system attribute prefix of a stored file's record (see hpo.artifacts).
+_ARTIFACT_RECORD = "artifacts:"
 
 
 def library_versions() -> dict[str, str]:
@@ -87,6 +126,12 @@ def _write_attrs(storage: BaseStorage | None, trial: optuna.Trial, *,
         trial.set_user_attr(key, value)
     for key, value in (system or {}).items():
         (storage or trial.storage).set_trial_system_attr(trial_id, key, value)
+
+
+def _test_kill(point: str) -> None:
+    """Test-only fault injection: ``HPO_TEST_KILL_AT=<point>`` SIGKILLs the worker here."""
+    if os.environ.get("HPO_TEST_KILL_AT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Objective:
@@ -141,17 +186,72 @@ class Objective:
     def _start(self, trial: optuna.Trial, cfg: trainer.TrainConfig) -> Path | None:
         """Write the start attributes (one transaction); returns the checkpoint to resume."""
         resume = self._resume_point(trial)
-        start_attrs = {"host": socket.gethostname(),
-                       "worker": f"{socket.gethostname()}:{os.getpid()}", "seed": cfg.seed,
-                       "versions": library_versions(),
-                       "device": _device_label(cfg.device)}
+        start_attrs = {**_worker_attrs(), "seed": cfg.seed, "device": _device_label(cfg.device)}
         if resume is not None:
             done = trainer.load_checkpoint(resume)["epoch"]
             start_attrs["resumed_from"] = {"trial": int(resume.parent.name), "epoch": done}
             log.info("trial %d resumes trial %s from epoch %d", trial.number,
                      resume.parent.name, done)
-        self._write(trial, start_attrs)
+        self._write(trial, start_attrs, {VERSIONS_KEY: library_versions()})
         return resume
+
+    def _read_trial(self, trial: optuna.Trial, number: int) -> optuna.trial.FrozenTrial:
+        # Two reads, only for a retry: cheaper than loading every trial of the study.
+        storage = trial.study._storage
+        trial_id = storage.get_trial_id_from_study_id_trial_number(trial.study._study_id,
+                                                                   number)
+        return storage.get_trial(trial_id)
+
+    def _finished_before(self, trial: optuna.Trial) -> float | None:
+        """For a retry: sweep the retried trials' leftovers, and adopt a result one recorded.
+
+        The retried trials' half-written saves go, and the stored files their pending lists
+        name but their records do not (a kill between the upload and the records). A retried
+        trial killed after its records has a result: it becomes this trial's (returned).
+        """
+        chain = _retry_chain(trial)
+        retried = []
+        for number in chain:
+            folder = self.artifacts.trial_dir(trial.study.study_name, number)
+            drop_partial_saves(folder)
+            frozen = self._read_trial(trial, number)
+            sweep_pending(folder, self.artifacts.root, named=artifact_ids(frozen).values())
+            retried.append(frozen)
+        for frozen in retried:
+            value = self._usable_result(frozen)
+            if value is not None:
+                self._adopt(trial, frozen, value)
+                return value
+        return None
+
+    def _usable_result(self, frozen: optuna.trial.FrozenTrial) -> float | None:
+        """The value of a trial's recorded result whose stored files are all there, unchanged."""
+        value = recorded_value(frozen, self.spec.metric)
+        ids = artifact_ids(frozen)
+        if value is None or recorded_sha256(frozen, "best.pt") is None or "best.pt" not in ids:
+            return None
+        try:
+            for name in ids:
+                self.artifacts.stored_path(frozen, name)  # there; best.pt's sha256 checked
+        except EnsembleError as exc:
+            log.warning("trial %d recorded a result that cannot be used (%s); training again",
+                        frozen.number, exc)
+            return None
+        return value
+
+    def _adopt(self, trial: optuna.Trial, source: optuna.trial.FrozenTrial,
+               value: float) -> None:
+        """Record ``source``'s result as this trial's: same value, the same stored files."""
+        user = {k: source.user_attrs[k] for k in (*RESULT_USER_KEYS, "seed")
+                if k in source.user_attrs}
+        system = {k: v for k, v in source.system_attrs.items()
+                  if k.startswith(("hpo:", _ARTIFACT_RECORD))}
+        self._write(trial, {**user, **_worker_attrs(), "result_of": source.number},
+                    {**system, EPOCHS_KEY: [], VALUE_KEY: value})
+        log.info("trial %d takes the result trial %d recorded before its worker died "
+                 "(%s %.4f); nothing trained", trial.number, source.number, self.spec.metric,
+                 value)
+        self._drop_checkpoints(trial)
 
     def _drop_checkpoints(self, trial: optuna.Trial) -> None:
         """The trial ended for good: its checkpoints and those of the trials it retried go."""
@@ -166,8 +266,12 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         if self.on_start is not None:
             self.on_start()
+        self.current_trial = trial.number
         spec = self.spec
         settings = suggest(trial, spec)
+        finished = self._finished_before(trial)
+        if finished is not None:
+            return finished
         out_dir = self.artifacts.trial_dir(trial.study.study_name, trial.number)
         cfg = build_config(spec, settings, output_dir=str(out_dir), train_dir=self.train_dir)
         resume = self._start(trial, cfg)
@@ -190,33 +294,33 @@ class Objective:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}: {spec.metric} {value:.4f}")
 
-        self.current_trial = trial.number
         try:
             result = self.fit(cfg, on_epoch=on_epoch, resume=resume, data=self._data(cfg))
         except KeyboardInterrupt:
             # Its checkpoints stay: the retry queued next resumes from them.
-            self._write(trial, {**closing, "epochs_run": epochs_run,
-                                "fail_reason": "interrupted (Ctrl-C or SIGTERM); retried from "
-                                "its last checkpoint by the next worker"})
+            self._write(trial, {**closing, "fail_reason": "interrupted (Ctrl-C or SIGTERM); "
+                                "retried from its last checkpoint by the next worker"},
+                        {EPOCHS_KEY: epochs_run})
             raise
         except optuna.TrialPruned:
-            self._write(trial, {**closing, "epochs_run": epochs_run})
+            self._write(trial, closing, {EPOCHS_KEY: epochs_run})
             self._drop_checkpoints(trial)
             raise
         except Exception as exc:  # recorded, then optuna marks the trial FAIL; worker goes on
-            self._failed(trial, exc, {**closing, "epochs_run": epochs_run})
+            self._failed(trial, exc, closing, epochs_run)
             self._drop_checkpoints(trial)
             raise
         return self._record(trial, result, epochs_run, closing)
 
-    def _failed(self, trial: optuna.Trial, exc: Exception, attrs: dict[str, Any]) -> None:
+    def _failed(self, trial: optuna.Trial, exc: Exception, attrs: dict[str, Any],
+                epochs_run: list[int]) -> None:
         reason = _fail_reason(exc)
-        self._write(trial, {**attrs, "fail_reason": reason})
+        self._write(trial, {**attrs, "fail_reason": reason}, {EPOCHS_KEY: epochs_run})
         log.warning("trial %d failed: %s", trial.number, reason)
         if isinstance(exc, torch.OutOfMemoryError) and torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _store(self, trial: optuna.Trial, result) -> tuple[dict[str, str], dict[str, str]]:
+    def _store(self, trial: optuna.Trial, result) -> StoredFiles:
         """The trial's small files, then everything into the store.
 
         Raises:
@@ -236,26 +340,40 @@ class Objective:
     def _record(self, trial: optuna.Trial, result, epochs_run: list[int],
                 closing: dict[str, Any]) -> float:
         try:
-            ids, records = self._store(trial, result)
+            stored = self._store(trial, result)
         except ArtifactStoreError as exc:
-            self._failed(trial, exc, {**closing, "epochs_run": epochs_run})
+            self._failed(trial, exc, closing, epochs_run)
             raise
+        _test_kill("after_store")
+        value = float(result.best_metrics[self.spec.metric])
         attrs = {
             **closing,
-            "metrics": {k: round(float(v), 6) for k, v in result.best_metrics.items()},
             "best_epoch": result.best_epoch,
-            "epochs_run": epochs_run,
             "seconds": round(result.seconds, 2),
             "images_per_second": round(result.images_per_second, 1),
             "device": result.device,
             "val_hash": val_hash(result.val_paths, result.val_labels),
-            "artifacts": ids,
         }
         for key in ("f1", "accuracy", "mask_f1", "gender_f1", "age_f1"):
             attrs[key] = round(float(result.best_metrics[key]), 6)
-        self._write(trial, attrs, records)
+        system = {
+            **stored.records,
+            ARTIFACTS_KEY: stored.ids,
+            SHA256_KEY: stored.sha256,
+            METRICS_KEY: {k: round(float(v), 6) for k, v in result.best_metrics.items()},
+            VALUE_KEY: value,
+            EPOCHS_KEY: epochs_run,
+        }
+        self._write(trial, attrs, system)
+        _test_kill("after_records")
+        # Every id on the pending list is recorded now: the list goes.
+        sweep_pending(Path(result.output_dir), self.artifacts.root, named=stored.ids.values())
         self._drop_checkpoints(trial)  # the store has best.pt; last.pt is needed no more
-        return float(result.best_metrics[self.spec.metric])
+        return value
+
+
+def _worker_attrs() -> dict[str, str]:
+    return {"host": socket.gethostname(), "worker": f"{socket.gethostname()}:{os.getpid()}"}
 
 
 def _device_label(device: str) -> str:

@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo.study import StudyRecord
+from hpo.trial_record import trial_epochs_run, trial_metrics
 
 __all__ = [
     "best_data",
@@ -59,7 +60,7 @@ def _trial_data(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "state": t.state.name,
         "value": _value(t),
         "params": dict(t.params),
-        "epochs": len(attrs.get("epochs_run") or []) or None,
+        "epochs": len(trial_epochs_run(t) or []) or None,
         "progress": attrs.get("progress"),
         "seconds": _seconds(t),
         "started": t.datetime_start,
@@ -158,7 +159,7 @@ def best_data(study: optuna.Study, record: StudyRecord) -> dict[str, Any] | None
     if _best_number(study) is None:
         return None
     t = study.best_trial
-    metrics = t.user_attrs.get("metrics") or {}
+    metrics = trial_metrics(t)
     return {"study": record.name, "metric": record.metric, "number": t.number,
             "value": t.value, "metrics": {k: metrics[k] for k in _METRICS if k in metrics},
             "best_epoch": t.user_attrs.get("best_epoch"), "params": dict(t.params)}

@@ -40,6 +40,7 @@ from hpo.progress import size_text
 from hpo.storage import storage_of
 from hpo.study import create_or_resume
 from hpo.studyfiles import load_study_spec
+from hpo.trial_record import artifact_ids, trial_epochs_run
 from hpo.worker import run_worker
 from tests.conftest import REPO
 
@@ -102,7 +103,7 @@ def _bytes_of(run: Run, t: optuna.trial.FrozenTrial) -> tuple[int, int]:
     """(all bytes, checkpoint bytes) a trial keeps: its folder and its stored files."""
     folder = run.root / "trials" / run.name / str(t.number)
     files = [p for p in folder.rglob("*") if p.is_file()]
-    stored = [run.root / "store" / i for i in (t.user_attrs.get("artifacts") or {}).values()]
+    stored = [run.root / "store" / i for i in artifact_ids(t).values()]
     everything = files + [p for p in stored if p.is_file()]
     total = sum(p.stat().st_size for p in everything)
     ckpt = sum(p.stat().st_size for p in everything
@@ -128,18 +129,17 @@ def test_pruned_keep_nothing_completed_one_best_pt_no_last_pt(disk_run):
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert len(done) >= 3 and pruned, [(t.number, t.state) for t in trials]
-    stored_best = {disk_run.root / "store" / t.user_attrs["artifacts"]["best.pt"] for t in done}
+    stored_best = {disk_run.root / "store" / artifact_ids(t)["best.pt"] for t in done}
     # exactly one checkpoint per completed trial, in the store; none for pruned trials
     assert _checkpoints(disk_run.root) == sorted(stored_best)
     assert not list(disk_run.root.rglob("last.pt"))
     for t in done:
-        assert set(t.user_attrs["artifacts"]) == set(TRIAL_FILES) and "last.pt" not in TRIAL_FILES
+        assert set(artifact_ids(t)) == set(TRIAL_FILES) and "last.pt" not in TRIAL_FILES
         assert t.user_attrs["worker"] == f"{socket.gethostname()}:{os.getpid()}"
-        best = trainer.load_checkpoint(disk_run.root / "store" / t.user_attrs["artifacts"]
-                                       ["best.pt"])
+        best = trainer.load_checkpoint(disk_run.root / "store" / artifact_ids(t)["best.pt"])
         assert best["epoch"] == t.user_attrs["best_epoch"]
     for t in pruned:
-        assert "artifacts" not in t.user_attrs
+        assert not artifact_ids(t)
         assert _bytes_of(disk_run, t)[1] == 0
     # the figures of docs/benchmarks.md "Disk" (pytest -s shows them)
     for t in trials:
@@ -162,7 +162,7 @@ def test_gc_keeps_top_and_ensemble_members_and_says_what_it_freed(disk_run, tmp_
     store = run.root / "store"
 
     def stored(t) -> Path:
-        return store / t.user_attrs["artifacts"]["best.pt"]
+        return store / artifact_ids(t)["best.pt"]
 
     # an ensemble holds the worst completed trial; leftovers of an interrupted save and of an
     # older layout sit in finished trials' folders
@@ -192,7 +192,7 @@ def test_gc_keeps_top_and_ensemble_members_and_says_what_it_freed(disk_run, tmp_
     assert not any(p.exists() for p in going)
     assert stored(best).is_file() and stored(member).is_file()
     for t in done:  # the small files stay: promote still reads their probabilities
-        assert (store / t.user_attrs["artifacts"]["val_probs.npy"]).is_file()
+        assert (store / artifact_ids(t)["val_probs.npy"]).is_file()
     again = _gc(run, "--keep-top", "1")
     assert again.output.strip() == "removed 0 checkpoints of 0 trials, freed 0 B"
 
@@ -278,8 +278,7 @@ def test_interrupted_trial_keeps_its_checkpoints_until_its_retry_ends(tmp_path, 
     assert retry.state == TrialState.COMPLETE
     assert retry.user_attrs["resumed_from"] == {"trial": 0, "epoch": 2}
     assert not _names(folder0) & set(CHECKPOINT_NAMES)  # gone once the retry ended
-    assert _checkpoints(art.root) == [art.root / "store" / retry.user_attrs["artifacts"]
-                                      ["best.pt"]]
+    assert _checkpoints(art.root) == [art.root / "store" / artifact_ids(retry)["best.pt"]]
 
 
 def test_a_trial_failing_on_its_own_keeps_nothing_and_retry_starts_over(tmp_path, tiny_data):
@@ -294,7 +293,7 @@ def test_a_trial_failing_on_its_own_keeps_nothing_and_retry_starts_over(tmp_path
     study.optimize(objective(), n_trials=1)
     retry = study.trials[1]
     assert retry.state == TrialState.COMPLETE and "resumed_from" not in retry.user_attrs
-    assert retry.user_attrs["epochs_run"] == [1, 2, 3]
+    assert trial_epochs_run(retry) == [1, 2, 3]
     assert len(_checkpoints(art.root)) == 1
 
 
@@ -330,12 +329,12 @@ def test_a_store_that_takes_no_file_fails_the_trial_in_one_line(tmp_path, tiny_d
     assert "hpo retry --study ro stores them without training again" in reason
     fragment = "files cannot be stored in the artifact folder"
     assert fragment in DOC and "stores them without training again" in DOC
-    assert "artifacts" not in broken.user_attrs
+    assert not artifact_ids(broken)
     # nothing else lost: trial 0's stored files, trial 1's checkpoints; no half-stored files
     (root / "store").unlink()
     os.replace(root / "store.saved", root / "store")
     assert sorted(p.name for p in (root / "store").iterdir()) == sorted(
-        ok.user_attrs["artifacts"].values())
+        artifact_ids(ok).values())
     assert {"best.pt", "last.pt"} <= _names(root / "trials" / "ro" / "1")
 
     assert retry_failed(run.study()) == [1]  # once fixed: stored without training again
@@ -345,7 +344,7 @@ def test_a_store_that_takes_no_file_fails_the_trial_in_one_line(tmp_path, tiny_d
     retry = run.study().trials[2]
     assert retry.state == TrialState.COMPLETE, retry.user_attrs.get("fail_reason")
     assert retry.user_attrs["resumed_from"] == {"trial": 1, "epoch": 1}
-    assert retry.user_attrs["epochs_run"] == []
+    assert trial_epochs_run(retry) == []
     assert len(_checkpoints(root)) == 2 and not list(root.rglob("last.pt"))
 
 
@@ -413,7 +412,10 @@ def test_gc_leaves_a_running_trial_alone(tmp_path, tiny_data):
         (running / ".best.pt.4242.tmp").write_bytes(b"x")  # as if a save were under way
         done_left = root / "trials" / "busy" / "0" / ".last.pt.4242.tmp"
         done_left.write_bytes(b"x" * 10)
-        before = _names(running)
+        # the worker's own saves (".last.pt.<its pid>.tmp") come and go while it trains: they
+        # are the worker's to rename, so only the files that stay put are compared
+        in_flight = f".{worker.pid}.tmp"
+        before = {n for n in _names(running) if not n.endswith(in_flight)}
         assert {"best.pt", "last.pt", "config.yaml", ".best.pt.4242.tmp"} <= before
 
         out = _gc(Run("busy", storage, root), "--keep-top", "1")
@@ -431,5 +433,5 @@ def test_gc_leaves_a_running_trial_alone(tmp_path, tiny_data):
             worker.wait()
     trials = optuna.load_study(study_name="busy", storage=storage).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
-    assert trials[1].user_attrs["epochs_run"] == list(range(1, 11))
+    assert trial_epochs_run(trials[1]) == list(range(1, 11))
     assert len(_checkpoints(root)) == 2 and not _names(running) & set(CHECKPOINT_NAMES)
