@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from hpo.completion import complete_ensembles, complete_studies, complete_study_files
 from trainer import TrainerError
 
 log = logging.getLogger("hpo")
@@ -38,21 +39,9 @@ def _artifacts_option(fn):
                         type=click.Path(file_okay=False))(fn)
 
 
-def _complete_study_files(ctx, param, incomplete: str) -> list[str]:
-    """Shell completion for launch/worker: study files found here, and studies in storage."""
-    try:
-        from hpo.studyfiles import list_studies
-
-        names = set(list_studies())
-    except Exception:
-        names = set()
-    names.update(_complete_studies(ctx, param, ""))
-    return sorted(n for n in names if n.startswith(incomplete))
-
-
 def _study_option(fn):
     return click.option("--study", "study_name", required=True, metavar="NAME",
-                        shell_complete=_complete_study_files,
+                        shell_complete=complete_study_files,
                         help="A study name from studies/ or a path to a study YAML file.")(fn)
 
 
@@ -63,36 +52,26 @@ def _max_failures_option(fn):
                              "(0: never).")(fn)
 
 
+def _run_options(fn):
+    """--gpus, --workers and --heartbeat: the commands that start workers (launch, refit)."""
+    fn = click.option("--heartbeat", type=click.IntRange(min=1), default=30,
+                      help="Seconds between heartbeats; silent trials are failed and "
+                           "retried.")(fn)
+    fn = click.option("--workers", type=click.IntRange(min=1), default=1,
+                      help="Worker processes when --gpus is not given.")(fn)
+    return click.option("--gpus", default=None, metavar="0,1",
+                        help="One worker per listed GPU (sets CUDA_VISIBLE_DEVICES for "
+                             "each).")(fn)
+
+
 def _format_option(fn):
     return click.option("-f", "--format", "fmt", type=click.Choice(["table", "json"]),
                         default="table", show_default=True, help="Output format.")(fn)
 
 
-def _complete_studies(ctx, param, incomplete: str) -> list[str]:
-    """Shell completion: the study names in the storage (nothing is created or written)."""
-    try:
-        from hpo.study import summaries
-
-        names = [s.study_name for s in summaries(ctx.params.get("storage"))]
-    except Exception:  # completion must never print a traceback into the shell
-        return []
-    return [n for n in names if n.startswith(incomplete)]
-
-
-def _complete_ensembles(ctx, param, incomplete: str) -> list[str]:
-    """Shell completion: the promoted ensembles' names."""
-    try:
-        from hpo.manifest import ensemble_rows
-
-        names = [r["name"] for r in ensemble_rows(artifacts=ctx.params.get("artifacts"))]
-    except Exception:
-        return []
-    return [n for n in names if n.startswith(incomplete)]
-
-
 def _read_study_option(fn):
     return click.option("--study", "study_name", required=True, metavar="NAME",
-                        shell_complete=_complete_studies,
+                        shell_complete=complete_studies,
                         help="The study's name in the storage (no study file needed).")(fn)
 
 
@@ -128,12 +107,7 @@ def main(verbose: bool) -> None:
               help="Trials in the study when done (default: the study file's n_trials).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop starting trials after this many seconds.")
-@click.option("--gpus", default=None, metavar="0,1",
-              help="One worker per listed GPU (sets CUDA_VISIBLE_DEVICES for each).")
-@click.option("--workers", type=click.IntRange(min=1), default=1,
-              help="Worker processes when --gpus is not given.")
-@click.option("--heartbeat", type=click.IntRange(min=1), default=30,
-              help="Seconds between heartbeats; silent trials are failed and retried.")
+@_run_options
 @_max_failures_option
 @_storage_option
 @_artifacts_option
@@ -145,18 +119,26 @@ def launch(study_name, train_dir, n_trials, timeout, gpus, workers, heartbeat, m
     Starts one worker process per GPU in --gpus, or --workers processes, and shows the
     running trials, their epoch and metric, and the best trial so far.
     """
-    from hpo.admin import failure_streak, streak_error
-    from hpo.launcher import budget_met, devices_of, prepare_launch, run_workers
-    from hpo.storage import mask_url
-    from hpo.worker import STREAK_EXIT
+    from hpo.launcher import devices_of, prepare_launch
 
     devices = devices_of(gpus, workers)
     plan = prepare_launch(study_name, storage=storage, train_dir=train_dir, n_trials=n_trials,
                           timeout=timeout, heartbeat=heartbeat, artifacts=artifacts,
                           max_failures=max_failures)
+    _run_launch(plan, devices)
+
+
+def _run_launch(plan, devices) -> None:
+    """Run a prepared launch's workers until its budget is met; say how it ended."""
+    from hpo.admin import failure_streak, streak_error
+    from hpo.launcher import budget_met, run_workers
+    from hpo.storage import mask_url
+    from hpo.worker import STREAK_EXIT
+
+    max_failures = plan.max_failures
     click.echo(f"study {plan.spec.name} in {mask_url(plan.url)}: {len(plan.study.trials)} "
                f"trials so far, target {plan.target or 'none'}, timeout "
-               f"{timeout or plan.spec.timeout or 'none'}, data {plan.train_dir or '-'}")
+               f"{plan.timeout or plan.spec.timeout or 'none'}, data {plan.train_dir or '-'}")
     met = budget_met(plan)
     if met:
         click.echo(met)
@@ -407,6 +389,43 @@ def promote(study_name, name, method, max_members, top, storage, artifacts):
 
 
 @main.command()
+@_read_study_option
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Refit the best N completed configurations (distinct parameters).")
+@click.option("--ensemble", default=None, shell_complete=complete_ensembles,
+              help="Refit the members of this promoted ensemble instead of the top N.")
+@click.option("--folds", type=int, default=5, show_default=True,
+              help="k: person-level folds; each configuration trains k models.")
+@click.option("--data", "train_dir", default=None, type=click.Path(),
+              help="The competition train folder (default: the one the study recorded).")
+@_run_options
+@_max_failures_option
+@_storage_option
+@_artifacts_option
+@_friendly
+def refit(study_name, top, ensemble, folds, train_dir, gpus, workers, heartbeat, max_failures,
+          storage, artifacts):
+    """Train a study's best configurations again on k person-level folds.
+
+    The fold runs are trials of the companion study NAME-refit (any worker can join it with
+    hpo worker --study NAME-refit; running this again resumes it). Then hpo promote --study
+    NAME-refit selects an ensemble on the out-of-fold probabilities of every training person.
+    """
+    from hpo.launcher import devices_of
+    from hpo.refit import prepare_refit
+
+    devices = devices_of(gpus, workers)
+    plan, refit_plan = prepare_refit(
+        study_name, top=None if ensemble else top, ensemble=ensemble, folds=folds,
+        storage=storage, train_dir=train_dir, heartbeat=heartbeat, artifacts=artifacts,
+        max_failures=max_failures)
+    trials = ", ".join(str(c["source_trial"]) for c in refit_plan.configs)
+    click.echo(f"refit of {refit_plan.source}: trial(s) {trials} x {folds} folds")
+    _run_launch(plan, devices)
+    click.echo(f"next: hpo promote --study {refit_plan.name}")
+
+
+@main.command()
 @_artifacts_option
 @_format_option
 @_friendly
@@ -426,9 +445,9 @@ def ensembles(artifacts, fmt):
 
 
 @main.command()
-@click.option("--ensemble", default=None, shell_complete=_complete_ensembles,
+@click.option("--ensemble", default=None, shell_complete=complete_ensembles,
               help="An ensemble name (hpo ensembles) or manifest.")
-@click.option("--study", "study_name", default=None, shell_complete=_complete_studies,
+@click.option("--study", "study_name", default=None, shell_complete=complete_studies,
               help="With --trial: predict one trial.")
 @click.option("--trial", "trial_number", type=int, default=None, help="Trial number.")
 @click.option("--data", "eval_dir", required=True, type=click.Path(),

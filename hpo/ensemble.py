@@ -18,8 +18,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +27,6 @@ import numpy as np
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
-from sklearn.metrics import f1_score
 
 from hpo.artifacts import ArtifactPaths
 from hpo.errors import EnsembleError
@@ -39,6 +37,15 @@ from hpo.manifest import (
     file_sha256,
     manifest_table,
     write_json_atomic,
+)
+from hpo.refit import REFIT_ATTR, fold_groups, is_refit
+from hpo.selection import (
+    IMAGES_PER_PERSON,
+    greedy_select,
+    macro_f1,
+    person_halves,
+    pick_weights,
+    topk_select,
 )
 from hpo.storage import mask_url, resolve_storage_url, with_retries
 
@@ -54,166 +61,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("hpo")
-
-IMAGES_PER_PERSON = 7
-# Macro-F1 moves in steps of about 1/(18 * N); anything smaller is float noise, not a gain.
-_MIN_GAIN = 1e-12
-
-Score = Callable[[np.ndarray, np.ndarray], float]
-
-
-# ---------------------------------------------------------------------------------------------
-# selection
-
-
-def macro_f1(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Macro-F1 of the argmax of ``probs`` (N, C) against ``labels`` (N,): the competition score.
-
-    Same definition as :func:`trainer.metrics.classification_metrics`'s ``f1`` (scikit-learn,
-    classes present in labels or predictions, zero_division=0).
-    """
-    pred = np.asarray(probs).argmax(axis=1)
-    return float(f1_score(np.asarray(labels), pred, average="macro", zero_division=0))
-
-
-def _stack(probs: Sequence[np.ndarray], labels: np.ndarray) -> np.ndarray:
-    if len(probs) == 0:
-        raise EnsembleError("no candidate probabilities to select from; promote needs at "
-                            "least one completed trial")
-    shapes = {np.shape(p) for p in probs}
-    if len(shapes) != 1:
-        raise EnsembleError(f"candidate probabilities have different shapes {sorted(shapes)}; "
-                            "every candidate must score the same validation images")
-    stack = np.stack([np.asarray(p, dtype=np.float64) for p in probs])
-    if stack.ndim != 3 or stack.shape[1] != len(labels):
-        raise EnsembleError(f"probabilities of shape {stack.shape[1:]} do not match "
-                            f"{len(labels)} labels; pass (N, classes) arrays for N labels")
-    return stack
-
-
-def greedy_select(
-    probs: Sequence[np.ndarray],
-    labels: np.ndarray,
-    *,
-    max_members: int,
-    max_picks: int | None = None,
-    score: Score | None = None,
-) -> list[int]:
-    """Greedy forward selection with replacement (Caruana et al., 2004).
-
-    Start from the best single model. Each round tries adding every model, including ones
-    already picked, to the running average of the picked models' probabilities and keeps the
-    addition that raises ``score`` most. Selection stops when no addition raises the score
-    strictly, when ``max_picks`` picks are made, and never adds a new distinct model once
-    ``max_members`` distinct ones are in (it may still re-pick those). A model picked k times
-    out of n has weight k/n (:func:`pick_weights`). Ties go to the lower index, so order
-    candidates best first.
-
-    Args:
-        probs: one (N, C) probability matrix per candidate model, rows aligned with ``labels``.
-        labels: the N true classes.
-        max_members: the most distinct models in the ensemble (>= 1).
-        max_picks: the most picks in all (default ``3 * max_members``).
-        score: higher is better; default :func:`macro_f1`.
-
-    Returns:
-        The picked candidate indices in pick order, with repeats.
-
-    Raises:
-        EnsembleError: no candidates, mismatched shapes, or ``max_members`` < 1.
-    """
-    if max_members < 1:
-        raise EnsembleError(f"max_members is {max_members}, but must be >= 1")
-    stack = _stack(probs, labels)
-    score = score or macro_f1
-    limit = 3 * max_members if max_picks is None else max(1, max_picks)
-    singles = [score(p, labels) for p in stack]
-    first = int(np.argmax(singles))  # first maximum: the lower index wins ties
-    picks, total, best = [first], stack[first].copy(), singles[first]
-    while len(picks) < limit:
-        chosen = set(picks)
-        gain_to, gain_index = best + _MIN_GAIN, None
-        for i in range(len(stack)):
-            if i not in chosen and len(chosen) >= max_members:
-                continue
-            s = score((total + stack[i]) / (len(picks) + 1), labels)
-            if s > gain_to:
-                gain_to, gain_index = s, i
-        if gain_index is None:
-            break
-        picks.append(gain_index)
-        total += stack[gain_index]
-        best = gain_to
-    return picks
-
-
-def topk_select(
-    probs: Sequence[np.ndarray],
-    labels: np.ndarray,
-    *,
-    k: int,
-    score: Score | None = None,
-) -> list[int]:
-    """The ``k`` candidates with the best single ``score`` (ties: lower index), equal weights.
-
-    Args:
-        probs: one (N, C) probability matrix per candidate, rows aligned with ``labels``.
-        labels: the N true classes.
-        k: how many (>= 1; fewer when there are fewer candidates).
-        score: higher is better; default :func:`macro_f1`.
-
-    Returns:
-        The chosen indices, best first, each once.
-
-    Raises:
-        EnsembleError: no candidates, mismatched shapes, or ``k`` < 1.
-    """
-    if k < 1:
-        raise EnsembleError(f"k is {k}, but must be >= 1")
-    stack = _stack(probs, labels)
-    score = score or macro_f1
-    singles = [score(p, labels) for p in stack]
-    return sorted(range(len(stack)), key=lambda i: (-singles[i], i))[:k]
-
-
-def pick_weights(picks: Sequence[int]) -> dict[int, float]:
-    """Weights from picks with repeats: picks of a model / all picks, in first-pick order.
-
-    Raises:
-        EnsembleError: ``picks`` is empty.
-    """
-    if not picks:
-        raise EnsembleError("no picks to weight; selection chose no model")
-    counts = Counter(picks)
-    return {i: counts[i] / len(picks) for i in dict.fromkeys(picks)}
-
-
-def person_halves(n_rows: int, *, per_person: int = IMAGES_PER_PERSON) -> tuple[np.ndarray,
-                                                                                 np.ndarray]:
-    """Split validation rows into two halves by person, deterministically.
-
-    ``trainer.prepare_data`` orders validation rows person by person (people sorted by folder
-    name, each person's 7 images together), and trial artifacts keep only probabilities and
-    labels, not paths. So row ``r`` belongs to person group ``r // 7``; even groups form half A
-    (selection), odd groups half B (report). A person never straddles the halves unless an
-    unreadable image was dropped from validation, which shifts later groups by one row.
-
-    Args:
-        n_rows: validation rows.
-        per_person: images per person.
-
-    Returns:
-        Row indices of half A and of half B.
-
-    Raises:
-        EnsembleError: fewer than two people's worth of rows.
-    """
-    groups = np.arange(n_rows) // per_person
-    if n_rows == 0 or groups[-1] < 1:
-        raise EnsembleError(f"the validation set has {n_rows} images, fewer than 2 people; "
-                            "promotion selects on one half of the people and reports on the "
-                            "other: raise data.val_fraction in the study file")
-    return np.flatnonzero(groups % 2 == 0), np.flatnonzero(groups % 2 == 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,6 +96,49 @@ class _Candidate:
     trial: optuna.trial.FrozenTrial
     probs: np.ndarray
     checkpoint: Path
+    # A refit configuration: its source trial and one (fold, trial, best.pt) per fold, the
+    # probabilities being out-of-fold (every training person once).
+    source_trial: int | None = None
+    folds: list[tuple[int, optuna.trial.FrozenTrial, Path]] = field(default_factory=list)
+
+
+def _oof_of(source: int, group: dict[int, optuna.trial.FrozenTrial], folds: int,
+            store: ArtifactPaths) -> tuple[_Candidate, np.ndarray]:
+    """One refit configuration as a candidate: its folds' validation probabilities stacked."""
+    probs, labels, parts = [], [], []
+    for fold in range(folds):
+        t = group[fold]
+        probs.append(np.load(store.stored_path(t, "val_probs.npy")))
+        labels.append(np.load(store.stored_path(t, "val_labels.npy")))
+        parts.append((fold, t, store.stored_path(t, "best.pt")))
+    cand = _Candidate(parts[0][1], np.concatenate(probs), parts[0][2], source_trial=source,
+                      folds=parts)
+    return cand, np.concatenate(labels)
+
+
+def _oof_candidates(study: optuna.Study, store: ArtifactPaths, *,
+                    top: int) -> tuple[list[_Candidate], np.ndarray]:
+    """A refit study's configurations with every fold COMPLETE, best out-of-fold F1 first."""
+    folds, groups = fold_groups(study)
+    out: list[tuple[_Candidate, np.ndarray]] = []
+    for source, group in sorted(groups.items()):
+        if len(group) < folds:
+            log.warning("configuration of trial %d left out: folds %s of %d are COMPLETE (hpo "
+                        "refit resumes the rest)", source, sorted(group), folds)
+            continue
+        try:
+            out.append(_oof_of(source, group, folds, store))
+        except EnsembleError as exc:
+            log.warning("configuration of trial %d left out: %s", source, exc)
+    if not out:
+        raise EnsembleError(f"study {study.study_name} has no configuration with all {folds} "
+                            "folds COMPLETE yet; run hpo refit again (it resumes) or hpo "
+                            f"worker --study {study.study_name}")
+    labels = out[0][1]
+    kept = [c for c, y in out if len(y) == len(labels) and np.array_equal(y, labels)
+            and c.probs.shape == out[0][0].probs.shape]
+    kept.sort(key=lambda c: (-macro_f1(c.probs, labels), c.source_trial))
+    return kept[:top], labels
 
 
 def _candidates(ranked: list[optuna.trial.FrozenTrial], store: ArtifactPaths, *,
@@ -288,16 +178,13 @@ def _candidates(ranked: list[optuna.trial.FrozenTrial], store: ArtifactPaths, *,
 
 def _member_record(c: _Candidate, *, weight: float, picks: int, f1_a: float, f1_b: float,
                    root: Path) -> dict[str, Any]:
+    from hpo.trial_record import trial_metrics
     from trainer import load_checkpoint
 
     ckpt = load_checkpoint(c.checkpoint)
     cfg = ckpt["config"]
     data = cfg.get("data", {})
-    try:
-        relative = c.checkpoint.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        relative = None
-    return {
+    record = {
         "trial": c.trial.number,
         "model": cfg.get("model", {}).get("name", "?"),
         "weight": weight,
@@ -306,14 +193,30 @@ def _member_record(c: _Candidate, *, weight: float, picks: int, f1_a: float, f1_
         "f1_report": f1_b,
         "value": c.trial.value,
         "params": dict(c.trial.params),
-        "metrics": dict(c.trial.user_attrs.get("metrics") or {}),
+        "metrics": trial_metrics(c.trial),
         "best_epoch": c.trial.user_attrs.get("best_epoch"),
         "checkpoint": str(c.checkpoint.resolve()),
-        "artifact": relative,
+        "artifact": _relative(c.checkpoint, root),
         "sha256": file_sha256(c.checkpoint),
         "preprocessing": {"img_size": data.get("img_size"), "crop": data.get("crop"),
                           "mean": list(ckpt["mean"]), "std": list(ckpt["std"])},
     }
+    if c.folds:  # lineage: the source trial, then every fold model with its own checkpoint
+        record["params"].pop("data.fold", None)
+        record.update({
+            "trial": c.source_trial, "value": float(np.mean([t.value for _, t, _ in c.folds])),
+            "folds": [{"fold": fold, "trial": t.number, "value": t.value,
+                       "checkpoint": str(path.resolve()), "artifact": _relative(path, root),
+                       "sha256": file_sha256(path)} for fold, t, path in c.folds],
+        })
+    return record
+
+
+def _relative(path: Path, root: Path) -> str | None:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return None
 
 
 def _check_promote_args(name: str, method: str, max_members: int, top: int) -> None:
@@ -338,6 +241,7 @@ class _Chosen:
     single_a: list[float]
     single_b: list[float]
     f1: dict[str, float]
+    labels: np.ndarray
 
 
 def _choose(cands: list[_Candidate], labels: np.ndarray, *, method: str,
@@ -360,6 +264,7 @@ def _choose(cands: list[_Candidate], labels: np.ndarray, *, method: str,
         single_a=[f1_on(c.probs, half_a) for c in cands],
         single_b=[f1_on(c.probs, half_b) for c in cands],
         f1={"select": f1_on(ens, half_a), "report": f1_on(ens, half_b), "all": f1_on(ens)},
+        labels=labels,
     )
 
 
@@ -390,19 +295,41 @@ def _manifest(study: optuna.Study, c: _Chosen, *, name: str, method: str, max_me
         "study": study.study_name, "storage": mask_url(resolve_storage_url(storage)),
         "artifacts": str(root.resolve()), "method": method, "max_members": max_members,
         "top": top, "candidates": len(c.cands),
-        "candidate_trials": [x.trial.number for x in c.cands],
+        "candidate_trials": [_number(x) for x in c.cands],
         "val_hash": c.cands[0].trial.user_attrs.get("val_hash"),
         "split": _split_record(c.half_a, c.half_b),
         "f1": c.f1,
-        "best_single": {"trial": c.cands[best].trial.number, "f1_select": c.single_a[best],
+        "best_single": {"trial": _number(c.cands[best]), "f1_select": c.single_a[best],
                         "f1_report": c.single_b[best]},
         "gain_report": c.f1["report"] - c.single_b[best],
-        "picks": [c.cands[i].trial.number for i in c.picks],
+        "picks": [_number(c.cands[i]) for i in c.picks],
         "members": members,
         "versions": library_versions(),
     }
+    if c.cands[0].folds:
+        manifest["refit"] = _oof_record(study, c, best)
     # A JSON round trip, so what the caller gets equals what load_manifest reads back.
     return json.loads(json.dumps(manifest, default=str))
+
+
+def _number(c: _Candidate) -> int:
+    """A candidate's trial: a refit configuration goes by its source trial."""
+    return c.source_trial if c.folds and c.source_trial is not None else c.trial.number
+
+
+def _oof_record(study: optuna.Study, c: _Chosen, best: int) -> dict[str, Any]:
+    """A refit ensemble's out-of-fold figures: every training person, ensemble and best member."""
+    from trainer import classification_metrics
+
+    labels = c.labels
+    ens = sum(w * c.cands[i].probs.astype(np.float64) for i, w in c.weights.items())
+    return {
+        "of": study.user_attrs.get(REFIT_ATTR, {}).get("of"),
+        "folds": len(c.cands[0].folds), "oof_images": int(len(labels)),
+        "ensemble": classification_metrics(ens, labels),
+        "best_single": {"trial": _number(c.cands[best]),
+                        **classification_metrics(c.cands[best].probs, labels)},
+    }
 
 
 def promote(
@@ -443,7 +370,10 @@ def promote(
     """
     _check_promote_args(name, method, max_members, top)
     store = ArtifactPaths(artifacts)
-    cands, labels = _candidates(_ranked(study), store, top=top)
+    if is_refit(study):
+        cands, labels = _oof_candidates(study, store, top=top)
+    else:
+        cands, labels = _candidates(_ranked(study), store, top=top)
     chosen = _choose(cands, labels, method=method, max_members=max_members)
     manifest = _manifest(study, chosen, name=name, method=method, max_members=max_members,
                          top=top, storage=storage, root=store.root)

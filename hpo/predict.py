@@ -39,24 +39,43 @@ class Member:
     weight: float
     sha256: str | None = None
     model: str = ""
+    fold: int | None = None  # a refit member's fold model (its weight is the member's / k)
+
+    @property
+    def label(self) -> str:
+        return f"trial {self.trial}" + ("" if self.fold is None else f" fold {self.fold}")
+
+
+def _local(root: Path, record: dict) -> Path:
+    """A manifest's checkpoint: in the manifest's own artifact folder first (a copied or moved
+    folder keeps working), else where promotion found it."""
+    local = root / record["artifact"] if record.get("artifact") else None
+    if local is not None and not local.resolve().is_relative_to(root.resolve()):
+        raise EnsembleError(f"ensemble manifest in {root} names artifact "
+                            f"{record['artifact']!r} outside its folder; re-run hpo promote")
+    return local if local is not None and local.is_file() else Path(record["checkpoint"])
+
+
+def _models_of(x: dict, root: Path) -> list[Member]:
+    """One manifest member's models: its checkpoint, or a refit member's fold models."""
+    common = {"trial": int(x["trial"]), "model": str(x.get("model", ""))}
+    folds = x.get("folds")
+    if not folds:
+        return [Member(weight=float(x["weight"]), sha256=str(x["sha256"]),
+                       checkpoint=_local(root, x), **common)]
+    return [Member(weight=float(x["weight"]) / len(folds), sha256=str(f["sha256"]),
+                   checkpoint=_local(root, f), fold=int(f["fold"]), **common) for f in folds]
 
 
 def _manifest_members(ensemble: str, artifacts: str | os.PathLike | None) -> list[Member]:
     path = find_manifest(ensemble, artifacts=artifacts)
     manifest = load_manifest(path)
-    # The manifest's own artifact folder first: a copied or moved folder keeps working.
     root = path.parent.parent
     members = []
     for x in manifest["members"]:
         try:
-            recorded = Path(x["checkpoint"])
-            local = root / x["artifact"] if x.get("artifact") else None
-            members.append(Member(
-                trial=int(x["trial"]), weight=float(x["weight"]), sha256=str(x["sha256"]),
-                checkpoint=local if local is not None and local.is_file() else recorded,
-                model=str(x.get("model", "")),
-            ))
-        except (KeyError, TypeError, ValueError):
+            members += _models_of(x, root)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
             raise EnsembleError(f"ensemble manifest {path} has a member without trial, "
                                 "weight, checkpoint and sha256; re-run hpo promote") from None
     return members
@@ -122,13 +141,13 @@ def verify_members(members: Sequence[Member]) -> None:
     """
     for m in members:
         if not m.checkpoint.is_file():
-            raise EnsembleError(f"checkpoint {m.checkpoint} of trial {m.trial} does not exist; "
+            raise EnsembleError(f"checkpoint {m.checkpoint} of {m.label} does not exist; "
                                 "point --artifacts at the folder the study used, or re-run "
                                 "hpo promote")
         if m.sha256 is not None:
             actual = file_sha256(m.checkpoint)
             if actual != m.sha256:
-                raise EnsembleError(f"checkpoint {m.checkpoint} of trial {m.trial} changed "
+                raise EnsembleError(f"checkpoint {m.checkpoint} of {m.label} changed "
                                     f"since promotion (sha256 {actual[:16]}, manifest "
                                     f"{m.sha256[:16]}); re-run hpo promote")
 
@@ -166,7 +185,7 @@ def member_probs(
     for k, m in enumerate(members, 1):
         ckpt = load_checkpoint(m.checkpoint)
         name = m.model or ckpt["config"].get("model", {}).get("name", "?")
-        print(f"[{k}/{len(members)}] trial {m.trial} ({name}, weight {m.weight:.3f}): "
+        print(f"[{k}/{len(members)}] {m.label} ({name}, weight {m.weight:.3f}): "
               f"{len(paths)} images in {batches} batch(es){' + flip' if tta else ''} ...",
               end="", file=stream, flush=True)
         start = time.perf_counter()

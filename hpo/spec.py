@@ -92,7 +92,7 @@ def check_study_name(name: Any, *, source: str | None = None) -> str:
 
 _TOP_KEYS = (
     "description", "metric", "direction", "n_trials", "timeout", "sampler", "pruner", "data",
-    "fixed", "space", "enqueue",
+    "fixed", "space", "enqueue", "refit",
 )
 
 
@@ -171,6 +171,9 @@ class StudySpec:
     space: tuple[ParamSpec, ...]
     enqueue: tuple[dict[str, Any], ...]
     text: str = ""
+    # A refit study (``hpo refit``): {"of": source study, "folds": k}. Its space ends with
+    # ``data.fold`` (0..k-1), the one split key a trial may set: each trial trains one fold.
+    refit: dict[str, Any] | None = None
 
 
 def parse_study_spec(raw: Any, *, name: str, path: str = "<string>") -> StudySpec:
@@ -219,11 +222,31 @@ def parse_study_spec(raw: Any, *, name: str, path: str = "<string>") -> StudySpe
     fixed, base = _parse_fixed(ctx, raw.get("fixed"), data)
     space = parse_space(ctx, raw.get("space"), fixed, base)
     enqueue = parse_enqueue(ctx, raw.get("enqueue"), space, fixed, data)
+    refit = _parse_refit(ctx, raw.get("refit"), data)
+    if refit is not None:
+        space = (*space, ParamSpec(key="data.fold", type="int", low=0, high=refit["folds"] - 1))
     return StudySpec(
         name=name, path=path, description=description, metric=metric, direction=direction,
         n_trials=n_trials, timeout=timeout, sampler=sampler, pruner=pruner, data=data,
-        fixed=fixed, space=space, enqueue=enqueue,
+        fixed=fixed, space=space, enqueue=enqueue, refit=refit,
     )
+
+
+def _parse_refit(ctx: Ctx, raw: Any, data: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``refit`` section that ``hpo refit`` writes: ``{of: SOURCE, folds: K}``."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or set(raw) != {"of", "folds"}:
+        raise ctx.error("refit", "must be a mapping with exactly 'of' (the source study) and "
+                                 "'folds' (an integer >= 2); hpo refit writes it")
+    folds = raw["folds"]
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ctx.error("refit.folds", f"is {show(folds)}, but must be an integer >= 2")
+    source = check_study_name(raw["of"], source=f"{ctx.path}: refit.of")
+    if data.get("n_folds") != folds or data.get("fold") is not None:
+        raise ctx.error("data", f"must have n_folds: {folds} and fold: null in a refit study "
+                                "(each trial trains one fold)")
+    return {"of": source, "folds": folds}
 
 
 def _parse_budget(ctx: Ctx, raw: Mapping[str, Any]) -> tuple[int | None, float | None]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,20 @@ from trainer.synth import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+
+def copy_sqlite(src: Path, dst: Path) -> str:
+    """Copy a SQLite study database with SQLite's backup API; returns the copy's storage URL.
+
+    Never copy it as a file: in WAL mode recent commits live in the -wal file, and opening and
+    closing the database file in a process that holds connections to it drops that process's
+    POSIX locks, so another process may checkpoint and delete the WAL under them ("database
+    disk image is malformed").
+    """
+    with contextlib.closing(sqlite3.connect(src)) as source, \
+            contextlib.closing(sqlite3.connect(dst)) as target:
+        source.backup(target)
+    return f"sqlite:///{dst}"
 
 
 @pytest.fixture(scope="session")
@@ -140,3 +155,19 @@ def own_postgres_url(postgres_url):
     tests that list every study in the storage."""
     with fresh_postgres_database(postgres_url) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def faults_postgres():
+    """A PostgreSQL cluster of the tests' own (``15/faults``, port 5433, created and started
+    when missing) that fault tests may restart and stop; the shared ``main`` cluster is never
+    touched. Skipped when this machine cannot run one (not root, no pg_createcluster)."""
+    from bench.faults_pg import cluster_problem, ensure_cluster
+
+    problem = cluster_problem()
+    if problem:
+        pytest.skip(problem)
+    cluster = ensure_cluster()
+    yield cluster
+    if not cluster.ready():  # a failed test may have left it stopped
+        cluster.start()

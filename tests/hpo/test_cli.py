@@ -12,6 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hpo.trial_record import artifact_ids, trial_epochs_run, trial_versions
 from tests.conftest import REPO, cli
 
 
@@ -38,14 +39,15 @@ def test_launch_runs_the_smoke_study(smoke):
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert done
     trial = done[0]
-    for key in ("f1", "accuracy", "mask_f1", "gender_f1", "age_f1", "best_epoch", "epochs_run",
-                "seconds", "images_per_second", "device", "versions", "seed", "val_hash"):
+    for key in ("f1", "accuracy", "mask_f1", "gender_f1", "age_f1", "best_epoch", "seconds",
+                "images_per_second", "device", "seed", "val_hash"):
         assert key in trial.user_attrs, key
-    assert trial.user_attrs["versions"]["optuna"] == optuna.__version__
+    assert trial_epochs_run(trial)
+    assert trial_versions(trial)["optuna"] == optuna.__version__
     store = smoke["root"] / "artifacts" / "store"
     for name in ("config.yaml", "best.pt", "val_probs.npy", "confusion.png"):
-        assert (store / trial.user_attrs["artifacts"][name]).is_file(), name
-    assert "last.pt" not in trial.user_attrs["artifacts"]  # a completed trial never resumes
+        assert (store / artifact_ids(trial)[name]).is_file(), name
+    assert "last.pt" not in artifact_ids(trial)  # a completed trial never resumes
     # trial 0 is the study file's enqueued recipe
     assert study.trials[0].params["optim.lr"] == pytest.approx(1e-2)
 

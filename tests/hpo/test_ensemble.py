@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from hpo.manifest import file_sha256, list_ensembles, load_manifest
 from hpo.study import create_or_resume, load
 from hpo.studyfiles import load_study_spec
 from hpo.worker import run_worker
-from tests.conftest import REPO
+from tests.conftest import REPO, copy_sqlite
 from trainer import classification_metrics, load_checkpoint
 
 # ---------------------------------------------------------------------------------------------
@@ -241,7 +240,7 @@ def test_promote_writes_a_manifest_that_round_trips(run):
         assert m["preprocessing"] == {"img_size": [64, 48], "crop": None,
                                       "mean": list(ckpt["mean"]), "std": list(ckpt["std"])}
         assert m["model"] == "test_efficientnet" and m["params"] == trial.params
-        assert m["metrics"]["f1"] == trial.user_attrs["metrics"]["f1"]
+        assert m["metrics"]["f1"] == trial.system_attrs["hpo:metrics"]["f1"]
         mixed = mixed + m["weight"] * np.load(store.stored_path(trial, "val_probs.npy"))
     # the reported figures are the trainer's own macro-F1 of the weighted probabilities
     assert manifest["f1"]["all"] == pytest.approx(classification_metrics(mixed, labels)["f1"])
@@ -266,12 +265,7 @@ def test_promote_writes_a_manifest_that_round_trips(run):
 
 
 def test_promote_leaves_out_trials_validated_elsewhere(run, tmp_path, caplog):
-    db = tmp_path / "copy.db"
-    # the backup API, not a file copy: in WAL mode recent writes live in the -wal file
-    with sqlite3.connect(run.storage.removeprefix("sqlite:///")) as src, \
-            sqlite3.connect(db) as dst:
-        src.backup(dst)
-    storage = f"sqlite:///{db}"
+    storage = copy_sqlite(Path(run.storage.removeprefix("sqlite:///")), tmp_path / "copy.db")
     study = optuna.load_study(study_name=run.name, storage=storage)
     ranked = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: -t.value)
     # a trial from another validation split (same files otherwise), ranked last
