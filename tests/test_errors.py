@@ -179,7 +179,7 @@ def test_changed_checkpoint(one_trial, tiny_data, tmp_path):
     art = tmp_path / "art"
     shutil.copytree(one_trial["root"] / "art", art)
     trial = one_trial["trial"]
-    ckpt = art / "store" / trial.user_attrs["artifacts"]["best.pt"]
+    ckpt = art / "store" / trial.system_attrs["hpo:artifacts"]["best.pt"]
     with open(ckpt, "ab") as f:
         f.write(b"\0")
     out = cli("predict", "--ensemble", "errs", "--data", str(tiny_data / "eval"), "--out",

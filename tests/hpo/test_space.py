@@ -119,6 +119,7 @@ def test_trial_zero_is_the_recipe(name, tmp_path):
     assert cfg.loss.weights == recipe["weights"]
     assert cfg.data.mixup == recipe["mixup"]
     assert cfg.data.cutmix == recipe["cutmix"]
+    assert tuple(cfg.data.age_bins) == (30, 60)  # the recipe's, not a sampled threshold
     assert cfg.data.img_size == (224, 224)
     assert cfg.model.pretrained is True
 
@@ -126,8 +127,8 @@ def test_trial_zero_is_the_recipe(name, tmp_path):
 def test_enqueue_params_in_optuna_terms():
     spec = load_study_spec("effnet", studies_dir=REPO_STUDIES)
     assert enqueue_params(spec) == [{
-        "model.name": "efficientnetv2_rw_t", "optim.name": "adam", "optim.lr": 2.5e-4,
-        "batch_size": 128, "loss.f1_weight": 0.0, "loss.rest": "weighted_ce",
+        "model.name": "efficientnetv2_rw_t", "data.age_bins": "30,60", "optim.name": "adam",
+        "optim.lr": 2.5e-4, "batch_size": 128, "loss.f1_weight": 0.0, "loss.rest": "weighted_ce",
         "data.mixup": 0.5, "data.cutmix": 0.0,
     }]
 
