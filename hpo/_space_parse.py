@@ -29,7 +29,7 @@ from hpo._checks import (
     unknown_keys,
 )
 from hpo._trainer_keys import build, config_raw, sections, trainer_fields, value_kind
-from hpo.spec import PARAM_TYPES, SPLIT_KEYS, ParamSpec
+from hpo.spec import NO_HOLDOUT, PARAM_TYPES, SPLIT_KEYS, ParamSpec
 from trainer import ConfigError, TrainConfig, list_losses, replace_path
 
 _PARAM_KEYS: dict[str, tuple[str, ...]] = {
@@ -83,6 +83,8 @@ def parse_space(ctx: Ctx, raw: Any, fixed: Mapping[str, Any],
         if key.startswith("data.") and key[5:] in SPLIT_KEYS:
             raise ctx.error("space", f"{key} cannot be searched: every trial must validate on "
                                      "the same people; set it once in the data section")
+        if key == "data.holdout":
+            raise ctx.error("space", NO_HOLDOUT)
         if key == "output_dir":
             raise ctx.error("space", "output_dir cannot be searched; hpo sets it per trial")
         params.append(_parse_param(ctx, key, dist, fields[key], params, later=list(raw)))

@@ -15,6 +15,7 @@ from __future__ import annotations
 __all__ = [
     "DIRECTIONS",
     "PARAM_TYPES",
+    "NO_HOLDOUT",
     "SPLIT_KEYS",
     "ParamSpec",
     "PrunerSpec",
@@ -56,6 +57,9 @@ PARAM_TYPES = ("float", "int", "categorical", "loss_mix")
 # The study's split: every trial must validate on the same people, so these are set once in the
 # ``data`` section and can be neither fixed per trial nor searched.
 SPLIT_KEYS = ("train_dir", "val_fraction", "split_seed", "fold", "n_folds")
+# data.holdout false (train every person, validate none) leaves a trial nothing to report.
+NO_HOLDOUT = ("data.holdout cannot be set in a study: a trial needs validation people to "
+              "report its metric; hpo refit --full trains the models of every person")
 
 # A study's name becomes a folder (trials/<name>/) and a storage key, so it is kept to
 # characters that are safe in both: no separators, no leading dot, never "." or "..".
@@ -309,6 +313,8 @@ def _parse_fixed(ctx: Ctx, raw: Any,
         if key in data_section:
             raise ctx.error("fixed", f"data.{key} belongs in the study's data section (every "
                                      "trial must validate on the same people); move it there")
+    if "holdout" in data_section:
+        raise ctx.error("fixed", NO_HOLDOUT)
     if "output_dir" in raw:
         raise ctx.error("fixed", "output_dir is set per trial by hpo; remove it")
     fixed = copy.deepcopy(dict(raw))

@@ -32,6 +32,10 @@ STUDY_CASES = {
                     r"bad.yaml: unknown top-level key 'n_trial' (did you mean 'n_trials'?)"),
     "wrong type": ("n_trials: ten\n" + LR,
                    r"bad.yaml: n_trials: 'ten' is not an integer >= 1"),
+    "data.holdout searched": (
+        "n_trials: 3\nspace:\n  data.holdout: {type: categorical, choices: [true, false]}\n",
+        r"bad.yaml: space: data.holdout cannot be set in a study: a trial needs validation "
+        r"people to report its metric; hpo refit --full trains the models of every person"),
     "low > high": ("n_trials: 3\nspace:\n  optim.lr: {type: float, low: 0.1, high: 0.001}\n",
                    r"bad.yaml: space: optim.lr: low (0.1) is greater than high (0.001)"),
     "unknown timm model": (

@@ -35,9 +35,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = replace_path(cfg, key.strip(), _parse_value(value))
 
         def show(epoch: int, m: dict) -> None:
-            print(f"epoch {epoch:3d}/{cfg.epochs}  f1 {m['f1']:.4f}  acc {m['accuracy']:.4f}  "
-                  f"mask {m['mask_f1']:.3f}  gender {m['gender_f1']:.3f}  age {m['age_f1']:.3f}  "
-                  f"val_loss {m['val_loss']:.4f}  train_loss {m['train_loss']:.4f}  "
+            val = (f"f1 {m['f1']:.4f}  acc {m['accuracy']:.4f}  mask {m['mask_f1']:.3f}  "
+                   f"gender {m['gender_f1']:.3f}  age {m['age_f1']:.3f}  "
+                   f"val_loss {m['val_loss']:.4f}  " if "f1" in m else "no validation  ")
+            print(f"epoch {epoch:3d}/{cfg.epochs}  {val}train_loss {m['train_loss']:.4f}  "
                   f"{m['images_per_second']:.0f} img/s", flush=True)
 
         result = fit(cfg, on_epoch=show, resume=args.resume)
@@ -47,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; resume with --resume {cfg.output_dir}/last.pt", file=sys.stderr)
         return 130
-    print(f"best epoch {result.best_epoch}: f1 {result.best_metrics['f1']:.4f}; "
-          f"checkpoint {result.best_checkpoint}")
+    f1 = result.best_metrics.get("f1")
+    score = "no validation people" if f1 is None else f"f1 {f1:.4f}"
+    print(f"best epoch {result.best_epoch}: {score}; checkpoint {result.best_checkpoint}")
     return 0
 
 

@@ -45,6 +45,9 @@ class DataConfig:
     original photo before resizing (the teams cropped 384x512 photos to the face region).
     ``age_bins`` are the age thresholds the run *trains* with (e.g. [30, 58]); the split and
     every validation metric use the competition's (``COMPETITION_AGE_BINS``, [30, 60]).
+    ``holdout: false`` trains on every person and validates on none (``fold`` and
+    ``val_fraction`` then do not matter): the last epoch is the model. ``hpo refit --full``
+    trains its final models so, for the epoch count its folds validated.
     """
 
     train_dir: str = "data/train"
@@ -53,6 +56,7 @@ class DataConfig:
     val_fraction: float = 0.2
     n_folds: int = 5
     fold: int | None = None
+    holdout: bool = True
     split_seed: int = 0
     age_bins: tuple[int, int] = COMPETITION_AGE_BINS
     relabel_csv: str | None = None

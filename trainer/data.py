@@ -126,11 +126,11 @@ def data_key(cfg: TrainConfig) -> tuple:
 
     Returns:
         A hashable tuple of ``cfg.data``'s train_dir, img_size, crop, val_fraction, fold,
-        n_folds, split_seed, age_bins, relabel_csv and cache_dir.
+        n_folds, holdout, split_seed, age_bins, relabel_csv and cache_dir.
     """
     d = cfg.data
-    return (d.train_dir, d.img_size, d.crop, d.val_fraction, d.fold, d.n_folds, d.split_seed,
-            d.age_bins, d.relabel_csv, d.cache_dir)
+    return (d.train_dir, d.img_size, d.crop, d.val_fraction, d.fold, d.n_folds, d.holdout,
+            d.split_seed, d.age_bins, d.relabel_csv, d.cache_dir)
 
 
 def prepare_data(cfg: TrainConfig) -> PreparedData:
@@ -151,8 +151,11 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
     """
     d = cfg.data
     frame = scan_train(d.train_dir, age_bins=d.age_bins, relabel_csv=d.relabel_csv)
-    train, val = split_frame(frame, val_fraction=d.val_fraction, seed=d.split_seed, fold=d.fold,
-                             n_folds=d.n_folds)
+    if d.holdout:
+        train, val = split_frame(frame, val_fraction=d.val_fraction, seed=d.split_seed,
+                                 fold=d.fold, n_folds=d.n_folds)
+    else:  # every person trains; nobody validates
+        train, val = frame, frame.iloc[:0]
     ordered = list(train["path"]) + list(val["path"])  # one cache for both sides
     labels = np.concatenate([train["label"].to_numpy(),
                              val["competition_label"].to_numpy()]).astype(np.int64)
@@ -162,7 +165,7 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
     n_train = len(train)
     train_rows = np.flatnonzero(good[:n_train])
     val_rows = n_train + np.flatnonzero(good[n_train:])
-    if len(train_rows) == 0 or len(val_rows) == 0:
+    if len(train_rows) == 0 or (d.holdout and len(val_rows) == 0):
         raise DataError("no readable images left on one side of the train/validation split")
     counts = np.bincount(labels[train_rows], minlength=NUM_CLASSES)
     return PreparedData(info.path, labels, ordered, train_rows, val_rows, counts)

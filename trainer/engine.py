@@ -180,6 +180,23 @@ def _validate(run: _Run, model: nn.Module) -> tuple[np.ndarray, float]:
     return torch.cat(probs).cpu().numpy(), float(loss_sum) / max(n, 1)
 
 
+def _epoch_metrics(run: _Run, state: RunState, *, epoch: int, train_loss: float,
+                   images_per_second: float) -> tuple[dict[str, float], np.ndarray | None]:
+    """The epoch's metrics and validation probabilities (None: ``data.holdout`` false)."""
+    cfg = run.cfg
+    rest = {"train_loss": train_loss, "lr": state.optimizer.param_groups[0]["lr"],
+            "images_per_second": images_per_second}
+    if run.val_labels.size == 0:  # every person trained: nothing to validate on
+        log.info("epoch %d/%d loss %.4f (no validation people)", epoch, cfg.epochs, train_loss)
+        return {"epoch": epoch, **rest}, None
+    probs, val_loss = _validate(run, state.model)
+    metrics = {"epoch": epoch, **classification_metrics(probs, run.val_labels),
+               "val_loss": val_loss, **rest}
+    log.info("epoch %d/%d f1 %.4f acc %.4f loss %.4f", epoch, cfg.epochs, metrics["f1"],
+             metrics["accuracy"], train_loss)
+    return metrics, probs
+
+
 def _save_epoch(run: _Run, state: RunState, *, epoch: int) -> None:
     """``best.pt`` and ``val_probs.npy`` when ``epoch`` is the best so far; ``last.pt`` always."""
     if state.best_epoch == epoch:
@@ -243,15 +260,11 @@ def fit(
         train_loss, seen = _train_epoch(run, state, epoch=epoch)
         train_seconds += time.perf_counter() - t0
         train_images += seen
-        probs, val_loss = _validate(run, state.model)
-        metrics = {"epoch": epoch, **classification_metrics(probs, run.val_labels),
-                   "val_loss": val_loss, "train_loss": train_loss,
-                   "lr": state.optimizer.param_groups[0]["lr"],
-                   "images_per_second": seen / max(time.perf_counter() - t0, 1e-9)}
+        metrics, probs = _epoch_metrics(run, state, epoch=epoch, train_loss=train_loss,
+                                        images_per_second=seen / max(time.perf_counter() - t0,
+                                                                     1e-9))
         state.record(metrics, probs)
         _save_epoch(run, state, epoch=epoch)
-        log.info("epoch %d/%d f1 %.4f acc %.4f loss %.4f", epoch, cfg.epochs, metrics["f1"],
-                 metrics["accuracy"], train_loss)
         if _should_stop(cfg, state, on_epoch, metrics):
             stopped_early = True
             break

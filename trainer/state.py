@@ -12,6 +12,7 @@ from torch import nn
 
 from trainer.checkpoint import model_checkpoint, rng_state, set_rng_state
 from trainer.config import TrainConfig
+from trainer.layout import NUM_CLASSES
 
 __all__ = ["RunState", "build_scheduler"]
 
@@ -139,9 +140,17 @@ class RunState:
         if self.scheduler is not None:
             self.scheduler.step_update(self.num_updates)
 
-    def record(self, metrics: dict[str, float], probs: np.ndarray) -> bool:
-        """Add an epoch's metrics to the history; returns whether its F1 is the best so far."""
+    def record(self, metrics: dict[str, float], probs: np.ndarray | None) -> bool:
+        """Add an epoch's metrics to the history; returns whether its F1 is the best so far.
+
+        Without validation (``probs`` None: ``data.holdout`` false) every epoch is the best:
+        the model is the last epoch's, and its validation probabilities are empty.
+        """
         self.history.append(metrics)
+        if probs is None:
+            self.best_epoch, self.bad_epochs = int(metrics["epoch"]), 0
+            self.best_probs = np.zeros((0, NUM_CLASSES), dtype=np.float32)
+            return True
         if metrics["f1"] > self.best_f1:
             self.best_f1, self.best_epoch = metrics["f1"], int(metrics["epoch"])
             self.bad_epochs, self.best_probs = 0, probs

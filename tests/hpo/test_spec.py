@@ -187,6 +187,12 @@ ERRORS = [
      r"valid keys: batch_size, .*optim.lr,"),
     ("space-split", [(("space", "data.fold"), {"type": "int", "low": 0, "high": 1})],
      r"data.fold cannot be searched"),
+    ("space-holdout", [(("space", "data.holdout"), {"type": "categorical",
+                                                   "choices": [True, False]})],
+     r"space: data.holdout cannot be set in a study: a trial needs validation people to "
+     r"report its metric; hpo refit --full trains the models of every person"),
+    ("fixed-holdout", [(("fixed", "data", "holdout"), False)],
+     r"fixed: data.holdout cannot be set in a study"),
     ("space-empty", [(("space",), {})], r"space: is empty"),
     ("space-null", [(("space",), None)], r"space: is empty"),
     ("dist-type", [(("space", "optim.lr", "type"), "floa")],

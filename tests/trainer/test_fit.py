@@ -79,6 +79,37 @@ def test_resume_equals_an_uninterrupted_run(tiny_cfg, tmp_path):
     assert np.array_equal(resumed.val_probs, straight.val_probs)
 
 
+def test_without_holdout_every_person_trains_and_the_last_epoch_is_the_model(tiny_cfg,
+                                                                              tmp_path):
+    """``data.holdout: false`` (hpo refit --full): all people train, none validates, best.pt is
+    the last epoch's model, and a resumed run ends as a straight one."""
+    with_holdout = prepare_data(tiny_cfg())
+    data = prepare_data(tiny_cfg(data__holdout=False, data__fold=1, data__n_folds=3))
+    assert len(data.val_rows) == 0
+    assert len(data.train_rows) == len(with_holdout.train_rows) + len(with_holdout.val_rows)
+    seen = []
+    straight = fit(tiny_cfg(epochs=2, data__holdout=False, output_dir=str(tmp_path / "a")),
+                   on_epoch=lambda e, m: seen.append(m))
+    assert [m["epoch"] for m in seen] == [1, 2] and all("f1" not in m for m in seen)
+    assert straight.best_epoch == 2 and straight.best_metrics == straight.history[-1]
+    assert straight.val_probs.shape == (0, 18) and straight.val_paths == []
+    assert load_checkpoint(straight.best_checkpoint)["epoch"] == 2
+
+    class Crash(Exception):
+        pass
+
+    def crash(epoch, metrics):
+        raise Crash
+    cfg = tiny_cfg(epochs=2, data__holdout=False, output_dir=str(tmp_path / "b"))
+    with pytest.raises(Crash):
+        fit(cfg, on_epoch=crash)
+    resumed = fit(cfg, resume=tmp_path / "b" / "last.pt")
+    assert resumed.best_epoch == 2
+    a = torch.load(tmp_path / "a" / "best.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_on_epoch_can_stop_and_early_stopping(tiny_cfg, tmp_path):
     result = fit(tiny_cfg(epochs=4), on_epoch=lambda e, m: e == 2)
     assert len(result.history) == 2 and result.stopped_early
