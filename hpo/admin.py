@@ -188,13 +188,24 @@ def _ensemble_needs(study_name: str, root: Path) -> tuple[set[int], set[Path]]:
                                 "which checkpoints that ensemble needs (or move the manifest "
                                 f"out of {root / 'ensembles'})")
         manifest = load_manifest(row["manifest"])
-        for member in manifest["members"]:
-            if manifest.get("study") == study_name and isinstance(member.get("trial"), int):
-                trials.add(member["trial"])
+        for model in _manifest_models(manifest):
+            if manifest.get("study") == study_name and isinstance(model.get("trial"), int):
+                trials.add(model["trial"])
             for key, base in (("checkpoint", Path("/")), ("artifact", root)):
-                if isinstance(member.get(key), str):
-                    paths.add((base / member[key]).resolve())
+                if isinstance(model.get(key), str):
+                    paths.add((base / model[key]).resolve())
     return trials, paths
+
+
+def _manifest_models(manifest: dict) -> list[dict]:
+    """Every model a manifest names: its members, or a refit member's fold and full models
+    (their trials are the refit study's; the member's own number is its source trial's)."""
+    models: list[dict] = []
+    for member in manifest["members"]:
+        folds = [f for f in member.get("folds") or [] if isinstance(f, dict)]
+        full = member.get("full")
+        models += [*folds, *([full] if isinstance(full, dict) else [])] or [member]
+    return models
 
 
 def _busy(trials: list[optuna.trial.FrozenTrial]) -> set[int]:

@@ -398,13 +398,16 @@ def promote(study_name, name, method, max_members, top, storage, artifacts):
               help="k: person-level folds; each configuration trains k models.")
 @click.option("--data", "train_dir", default=None, type=click.Path(),
               help="The competition train folder (default: the one the study recorded).")
+@click.option("--full", is_flag=True,
+              help="Then train each configuration on every training person for its folds' "
+                   "median best epoch; hpo predict averages it with the fold models.")
 @_run_options
 @_max_failures_option
 @_storage_option
 @_artifacts_option
 @_friendly
-def refit(study_name, top, ensemble, folds, train_dir, gpus, workers, heartbeat, max_failures,
-          storage, artifacts):
+def refit(study_name, top, ensemble, folds, train_dir, full, gpus, workers, heartbeat,
+          max_failures, storage, artifacts):
     """Train a study's best configurations again on k person-level folds.
 
     The fold runs are trials of the companion study NAME-refit (any worker can join it with
@@ -412,7 +415,7 @@ def refit(study_name, top, ensemble, folds, train_dir, gpus, workers, heartbeat,
     NAME-refit selects an ensemble on the out-of-fold probabilities of every training person.
     """
     from hpo.launcher import devices_of
-    from hpo.refit import prepare_refit
+    from hpo.refit import prepare_full, prepare_refit
 
     devices = devices_of(gpus, workers)
     plan, refit_plan = prepare_refit(
@@ -422,6 +425,12 @@ def refit(study_name, top, ensemble, folds, train_dir, gpus, workers, heartbeat,
     trials = ", ".join(str(c["source_trial"]) for c in refit_plan.configs)
     click.echo(f"refit of {refit_plan.source}: trial(s) {trials} x {folds} folds")
     _run_launch(plan, devices)
+    if full:
+        plan, added, left = prepare_full(plan, refit_plan)
+        for line in left:
+            click.echo(f"full model left out: {line}", err=True)
+        click.echo(f"full models (every person): {added} enqueued")
+        _run_launch(plan, devices)
     click.echo(f"next: hpo promote --study {refit_plan.name}")
 
 

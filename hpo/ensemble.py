@@ -38,7 +38,7 @@ from hpo.manifest import (
     manifest_table,
     write_json_atomic,
 )
-from hpo.refit import REFIT_ATTR, fold_groups, is_refit
+from hpo.refit import EPOCHS_ATTR, REFIT_ATTR, fold_groups, full_trials, is_refit
 from hpo.selection import (
     IMAGES_PER_PERSON,
     greedy_select,
@@ -100,6 +100,8 @@ class _Candidate:
     # probabilities being out-of-fold (every training person once).
     source_trial: int | None = None
     folds: list[tuple[int, optuna.trial.FrozenTrial, Path]] = field(default_factory=list)
+    # hpo refit --full: the configuration trained on every person (no probabilities of its own)
+    full: tuple[optuna.trial.FrozenTrial, Path] | None = None
 
 
 def _oof_of(source: int, group: dict[int, optuna.trial.FrozenTrial], folds: int,
@@ -120,6 +122,7 @@ def _oof_candidates(study: optuna.Study, store: ArtifactPaths, *,
                     top: int) -> tuple[list[_Candidate], np.ndarray]:
     """A refit study's configurations with every fold COMPLETE, best out-of-fold F1 first."""
     folds, groups = fold_groups(study)
+    fulls = full_trials(study)
     out: list[tuple[_Candidate, np.ndarray]] = []
     for source, group in sorted(groups.items()):
         if len(group) < folds:
@@ -127,7 +130,10 @@ def _oof_candidates(study: optuna.Study, store: ArtifactPaths, *,
                         "refit resumes the rest)", source, sorted(group), folds)
             continue
         try:
-            out.append(_oof_of(source, group, folds, store))
+            cand, labels = _oof_of(source, group, folds, store)
+            if source in fulls:
+                cand.full = (fulls[source], store.stored_path(fulls[source], "best.pt"))
+            out.append((cand, labels))
         except EnsembleError as exc:
             log.warning("configuration of trial %d left out: %s", source, exc)
     if not out:
@@ -209,6 +215,11 @@ def _member_record(c: _Candidate, *, weight: float, picks: int, f1_a: float, f1_
                        "checkpoint": str(path.resolve()), "artifact": _relative(path, root),
                        "sha256": file_sha256(path)} for fold, t, path in c.folds],
         })
+    if c.full is not None:  # hpo refit --full: the model of every training person
+        t, path = c.full
+        record["full"] = {"trial": t.number, "epochs": t.user_attrs.get(EPOCHS_ATTR),
+                          "checkpoint": str(path.resolve()), "artifact": _relative(path, root),
+                          "sha256": file_sha256(path)}
     return record
 
 

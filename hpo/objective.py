@@ -61,6 +61,7 @@ from hpo.artifacts import (
     sweep_pending,
 )
 from hpo.errors import EnsembleError
+from hpo.refit import refit_overrides
 from hpo.space import build_config, suggest
 from hpo.spec import StudySpec
 from hpo.trial_record import (
@@ -165,9 +166,7 @@ class Objective:
     def _data(self, cfg: trainer.TrainConfig) -> trainer.PreparedData | None:
         if self.fit is not trainer.fit:
             return None
-        key = (cfg.data.train_dir, cfg.data.img_size, cfg.data.crop, cfg.data.val_fraction,
-               cfg.data.fold, cfg.data.n_folds, cfg.data.split_seed, cfg.data.age_bins,
-               cfg.data.relabel_csv, cfg.data.cache_dir)
+        key = trainer.data_key(cfg)
         if key not in self._prepared:
             self._prepared[key] = trainer.prepare_data(cfg)
         return self._prepared[key]
@@ -274,6 +273,7 @@ class Objective:
             return finished
         out_dir = self.artifacts.trial_dir(trial.study.study_name, trial.number)
         cfg = build_config(spec, settings, output_dir=str(out_dir), train_dir=self.train_dir)
+        cfg, full_value = self._refit_overrides(trial, cfg)
         resume = self._start(trial, cfg)
 
         epochs_run: list[int] = []
@@ -281,17 +281,19 @@ class Objective:
         closing: dict[str, Any] = {}
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            value = metrics[spec.metric]
+            value = metrics.get(spec.metric)  # None: nobody validates (a refit's full model)
             epochs_run.append(epoch)
-            trial.report(value, epoch)
-            progress = {"epoch": epoch, "epochs": cfg.epochs, spec.metric: round(value, 5)}
+            progress: dict[str, Any] = {"epoch": epoch, "epochs": cfg.epochs}
+            if value is not None:
+                trial.report(value, epoch)
+                progress[spec.metric] = round(value, 5)
             if epoch >= cfg.epochs:
                 # The training is done: keep the result rather than prune it, and let the
                 # last progress ride with the results (the closing write follows at once).
                 closing["progress"] = progress
                 return
             self._write(trial, {"progress": progress})
-            if trial.should_prune():
+            if value is not None and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}: {spec.metric} {value:.4f}")
 
         try:
@@ -310,7 +312,16 @@ class Objective:
             self._failed(trial, exc, closing, epochs_run)
             self._drop_checkpoints(trial)
             raise
-        return self._record(trial, result, epochs_run, closing)
+        return self._record(trial, result, epochs_run, closing, value=full_value)
+
+    def _refit_overrides(self, trial: optuna.Trial,
+                         cfg: trainer.TrainConfig) -> tuple[trainer.TrainConfig, float | None]:
+        """A refit's full model trains every person for its epoch count (hpo.refit)."""
+        if self.spec.refit is None:
+            return cfg, None
+        frozen = getattr(trial, "_cached_frozen_trial", None)  # as in _retry_chain
+        attrs = frozen.user_attrs if frozen is not None else trial.user_attrs
+        return refit_overrides(attrs, cfg)
 
     def _failed(self, trial: optuna.Trial, exc: Exception, attrs: dict[str, Any],
                 epochs_run: list[int]) -> None:
@@ -329,33 +340,37 @@ class Objective:
         out = Path(result.output_dir)
         try:
             np.save(out / "val_labels.npy", result.val_labels)
-            matrix = trainer.confusion(result.val_probs, result.val_labels)
-            confusion_png(matrix, out / "confusion.png",
-                          title=f"trial {trial.number}: best epoch {result.best_epoch}, "
-                                f"f1 {result.best_metrics['f1']:.4f}")
+            if len(result.val_labels):  # a full model validates on nobody
+                matrix = trainer.confusion(result.val_probs, result.val_labels)
+                confusion_png(matrix, out / "confusion.png",
+                              title=f"trial {trial.number}: best epoch {result.best_epoch}, "
+                                    f"f1 {result.best_metrics['f1']:.4f}")
             return self.artifacts.store_files(out)
         except OSError as exc:
             raise _store_error(trial, self.artifacts.root, exc) from None
 
     def _record(self, trial: optuna.Trial, result, epochs_run: list[int],
-                closing: dict[str, Any]) -> float:
+                closing: dict[str, Any], *, value: float | None = None) -> float:
         try:
             stored = self._store(trial, result)
         except ArtifactStoreError as exc:
             self._failed(trial, exc, closing, epochs_run)
             raise
         _test_kill("after_store")
-        value = float(result.best_metrics[self.spec.metric])
+        if value is None:
+            value = float(result.best_metrics[self.spec.metric])
         attrs = {
             **closing,
             "best_epoch": result.best_epoch,
             "seconds": round(result.seconds, 2),
             "images_per_second": round(result.images_per_second, 1),
             "device": result.device,
-            "val_hash": val_hash(result.val_paths, result.val_labels),
         }
+        if len(result.val_labels):
+            attrs["val_hash"] = val_hash(result.val_paths, result.val_labels)
         for key in ("f1", "accuracy", "mask_f1", "gender_f1", "age_f1"):
-            attrs[key] = round(float(result.best_metrics[key]), 6)
+            if key in result.best_metrics:
+                attrs[key] = round(float(result.best_metrics[key]), 6)
         system = {
             **stored.records,
             ARTIFACTS_KEY: stored.ids,

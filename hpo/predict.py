@@ -39,7 +39,9 @@ class Member:
     weight: float
     sha256: str | None = None
     model: str = ""
-    fold: int | None = None  # a refit member's fold model (its weight is the member's / k)
+    # a refit member's fold model, or "all" for its full model (each weighs the member's /
+    # its number of models)
+    fold: int | str | None = None
 
     @property
     def label(self) -> str:
@@ -63,8 +65,11 @@ def _models_of(x: dict, root: Path) -> list[Member]:
     if not folds:
         return [Member(weight=float(x["weight"]), sha256=str(x["sha256"]),
                        checkpoint=_local(root, x), **common)]
-    return [Member(weight=float(x["weight"]) / len(folds), sha256=str(f["sha256"]),
-                   checkpoint=_local(root, f), fold=int(f["fold"]), **common) for f in folds]
+    models = [(int(f["fold"]), f) for f in folds]
+    if x.get("full"):  # hpo refit --full: the model of every person, weighing as one fold
+        models.append(("all", x["full"]))
+    return [Member(weight=float(x["weight"]) / len(models), sha256=str(f["sha256"]),
+                   checkpoint=_local(root, f), fold=fold, **common) for fold, f in models]
 
 
 def _manifest_members(ensemble: str, artifacts: str | os.PathLike | None) -> list[Member]:

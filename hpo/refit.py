@@ -13,8 +13,16 @@ The fold runs are trials of a companion study ``S-refit`` in the same storage: i
 searched key, no pruner (a fold model must run to the end) and every (configuration, fold)
 enqueued with its source trial in the trial's user attributes. So any worker on any machine
 takes them (``hpo worker --study S-refit``), a crash resumes them, and the dashboard shows
-them. ``hpo promote --study S-refit`` then selects on the OOF probabilities
+them. ```hpo promote --study S-refit`` then selects on the OOF probabilities
 (:func:`hpo.ensemble.promote`), and ``hpo predict`` averages each member's fold models.
+
+``hpo refit --full`` adds, once a configuration's folds are all COMPLETE, one more trial of
+the companion study: the configuration trained on every training person (``data.holdout``
+false) for its best epoch count, the median of its folds' best epochs (a fold validated each
+epoch; the full model has nobody left to validate on). Its trial carries ``refit_fold: "all"``,
+the epoch count and, as its value, the configuration's mean fold F1. Promotion still selects
+on the folds' out-of-fold probabilities; ``hpo predict`` then averages each member's fold
+models and its full model, each weighing the same.
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import optuna
 import yaml
 from optuna.study import StudyDirection
@@ -33,18 +42,25 @@ from hpo.errors import HpoError
 from hpo.storage import with_retries
 
 __all__ = [
+    "EPOCHS_ATTR",
     "FOLD_ATTR",
+    "FULL",
     "REFIT_ATTR",
+    "VALUE_ATTR",
     "SOURCE_ATTR",
     "RefitPlan",
     "check_folds",
     "choose_configs",
     "enqueue_folds",
+    "enqueue_full",
     "fold_groups",
+    "full_trials",
     "is_refit",
     "plan_of",
+    "prepare_full",
     "prepare_refit",
     "refit_name",
+    "refit_overrides",
     "refit_spec",
 ]
 
@@ -52,7 +68,10 @@ log = logging.getLogger("hpo")
 
 REFIT_ATTR = "hpo_refit"  # the companion study's record: source, folds, configurations
 SOURCE_ATTR = "refit_source"  # a fold trial's source trial number (in the source study)
-FOLD_ATTR = "refit_fold"  # a fold trial's fold
+FOLD_ATTR = "refit_fold"  # a fold trial's fold, or FULL for the model of every person
+FULL = "all"
+EPOCHS_ATTR = "refit_epochs"  # a full trial's epoch count (its folds' median best epoch)
+VALUE_ATTR = "refit_value"  # a full trial's value: its configuration's mean fold F1
 
 
 class RefitError(HpoError):
@@ -259,6 +278,90 @@ def fold_groups(study: optuna.Study) -> tuple[int, dict[int, dict[int, FrozenTri
         if isinstance(source, int) and isinstance(fold, int):
             groups.setdefault(source, {}).setdefault(fold, t)
     return folds, groups
+
+
+def full_trials(study: optuna.Study) -> dict[int, FrozenTrial]:
+    """The companion study's completed full models (``--full``): {source trial: trial}."""
+    out: dict[int, FrozenTrial] = {}
+    for t in with_retries(lambda: study.get_trials(deepcopy=False,
+                                                   states=(TrialState.COMPLETE,)),
+                          what="reading trials"):
+        source = t.user_attrs.get(SOURCE_ATTR)
+        if t.user_attrs.get(FOLD_ATTR) == FULL and isinstance(source, int):
+            out.setdefault(source, t)
+    return out
+
+
+def best_epoch_count(group: dict[int, FrozenTrial]) -> int:
+    """A configuration's epoch count for its full model: its folds' median best epoch."""
+    bests = [int(t.user_attrs.get("best_epoch") or 1) for t in group.values()]
+    return max(1, int(np.floor(np.median(bests) + 0.5)))
+
+
+def enqueue_full(study: optuna.Study, plan: RefitPlan) -> tuple[int, list[str]]:
+    """Enqueue the full model of every configuration whose folds are all COMPLETE, once.
+
+    A configuration with a full trial that has not failed is skipped (a rerun resumes); one
+    whose folds are not all COMPLETE is left out and named.
+
+    Returns:
+        (how many trials this call enqueued, one line per configuration left out).
+    """
+    folds, groups = fold_groups(study)
+    trials = with_retries(lambda: study.get_trials(deepcopy=False), what="reading trials")
+    have = {t.user_attrs.get(SOURCE_ATTR) for t in trials
+            if t.user_attrs.get(FOLD_ATTR) == FULL and t.state != TrialState.FAIL}
+    added, left = 0, []
+    for config in plan.configs:
+        source = config["source_trial"]
+        group = groups.get(source, {})
+        if len(group) < folds:
+            left.append(f"trial {source}: folds {sorted(group)} of {folds} COMPLETE, so no "
+                        "full model yet (run hpo refit --full again once they are)")
+            continue
+        if source in have:
+            continue
+        params = {**config["params"], "data.fold": 0}  # any fold: nobody is held out
+        attrs = {SOURCE_ATTR: source, FOLD_ATTR: FULL, EPOCHS_ATTR: best_epoch_count(group),
+                 VALUE_ATTR: float(np.mean([float(t.value) for t in group.values()]))}
+        with_retries(lambda p=params, a=attrs: study.enqueue_trial(p, user_attrs=a),
+                     what="enqueueing a full model")
+        added += 1
+    return added, left
+
+
+def prepare_full(launch, plan: RefitPlan):
+    """After the folds: enqueue the full models (:func:`enqueue_full`) and the launch that
+    trains them (its target counts them; workers take waiting trials past a study's budget).
+
+    Returns:
+        (the :class:`hpo.launcher.Launch`, how many were enqueued, lines for those left out).
+    """
+    from dataclasses import replace
+
+    added, left = enqueue_full(launch.study, plan)
+    target = len(plan.configs) * plan.folds + len(plan.configs) - len(left)
+    return replace(launch, target=target), added, left
+
+
+def refit_overrides(attrs: dict[str, Any], cfg):
+    """A full-model trial's configuration (every person, its epoch count) and its value.
+
+    Args:
+        attrs: the trial's user attributes (``enqueue_full`` set them).
+        cfg: the configuration its parameters give.
+
+    Returns:
+        (cfg, None) for any other trial; for a full model (cfg with ``data.holdout`` false and
+        its epochs, the value to record: its configuration's mean fold F1).
+    """
+    if attrs.get(FOLD_ATTR) != FULL:
+        return cfg, None
+    from trainer import replace_path
+
+    cfg = replace_path(cfg, "data.holdout", False)
+    cfg = replace_path(cfg, "epochs", int(attrs[EPOCHS_ATTR]))
+    return cfg, float(attrs[VALUE_ATTR])
 
 
 def prepare_refit(source_name: str, *, top: int | None, ensemble: str | None, folds: int,

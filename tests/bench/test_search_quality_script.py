@@ -15,7 +15,7 @@ from bench.search_quality import replay
 from tests.conftest import REPO
 
 RESULT = re.compile(r"RESULT preset=tiny hand=(\S+) best=(\S+) ensemble=(\S+) refit=(\S+) "
-                    r"age_best=(\S+) age_refit=(\S+)")
+                    r"full=(\S+) age_best=(\S+) age_refit=(\S+) age_full=(\S+)")
 PRUNER = re.compile(r"PRUNER name=(\w+) seconds_to_target=(\d+|never) ratio_to_none=(\S+) "
                     r"reached=(\d+)/20 median_ratio=(\S+)")
 
@@ -42,8 +42,9 @@ def test_tiny_preset_end_to_end_and_resumed(tmp_path):
     storage = f"sqlite:///{tmp_path}/hpo.db"
     search = optuna.load_study(study_name="smoke-sq", storage=storage).trials
     assert [t.state for t in search] == [TrialState.COMPLETE] * 3  # no pruning: whole curves
-    folds = optuna.load_study(study_name="smoke-sq-refit", storage=storage).trials
-    assert len(folds) == 4
+    refits = optuna.load_study(study_name="smoke-sq-refit", storage=storage).trials
+    assert sorted(str(t.user_attrs["refit_fold"]) for t in refits) == ["0", "0", "1", "1",
+                                                                      "all", "all"]
     again = _bench(tmp_path)  # every stage resumes: no trial runs twice, same figures
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.strip().splitlines()[-5] == lines[-5]

@@ -289,3 +289,78 @@ def test_a_refit_section_adds_the_fold_as_the_last_searched_key():
     assert spec.refit == {"of": "smoke", "folds": 3}
     fold = spec.space[-1]
     assert (fold.key, fold.type, fold.low, fold.high) == ("data.fold", "int", 0, 2)
+
+
+@pytest.fixture(scope="module")
+def full(searched, tmp_path_factory):
+    """``hpo refit --full`` on a copy of the searched study: the fold models are there, the
+    full models (every person, the folds' median best epoch) are trained next."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("full")
+    storage = copy_sqlite(searched["root"] / "hpo.db", root / "hpo.db")
+    shutil.copytree(searched["root"] / "artifacts", root / "artifacts")
+    args = ["--storage", storage, "--artifacts", str(root / "artifacts")]
+    out = cli("refit", "--study", "smoke", "--top", "2", "--folds", "2", "--full", *args)
+    return {"storage": storage, "args": args, "root": root, "refit": out}
+
+
+@pytest.mark.slow
+def test_full_models_train_every_person_for_the_folds_best_epoch(full, tiny_data):
+    from hpo.refit import EPOCHS_ATTR, VALUE_ATTR
+    from trainer import load_checkpoint
+
+    out = full["refit"]
+    assert out.returncode == 0, out.stderr
+    assert "full models (every person): 2 enqueued" in out.stdout
+    trials = _folds(full["storage"])
+    fulls = [t for t in trials if t.user_attrs[FOLD_ATTR] == "all"]
+    assert len(fulls) == 2 and all(t.state == TrialState.COMPLETE for t in fulls)
+    store = ArtifactPaths(full["root"] / "artifacts")
+    for t in fulls:
+        group = [f for f in trials if f.user_attrs[SOURCE_ATTR] == t.user_attrs[SOURCE_ATTR]
+                 and f.user_attrs[FOLD_ATTR] != "all"]
+        bests = [f.user_attrs["best_epoch"] for f in group]
+        assert t.user_attrs[EPOCHS_ATTR] == int(np.floor(np.median(bests) + 0.5))
+        assert t.value == pytest.approx(np.mean([f.value for f in group]))
+        assert t.user_attrs[VALUE_ATTR] == pytest.approx(t.value)
+        assert "val_hash" not in t.user_attrs and "f1" not in t.user_attrs
+        cfg = load_checkpoint(store.stored_path(t, "best.pt"))["config"]
+        assert cfg["data"]["holdout"] is False and cfg["epochs"] == t.user_attrs[EPOCHS_ATTR]
+        assert len(np.load(store.stored_path(t, "val_labels.npy"))) == 0
+        assert t.params == group[0].params | {"data.fold": 0}
+    again = cli("refit", "--study", "smoke", "--top", "2", "--folds", "2", "--full",
+                *full["args"])
+    assert again.returncode == 0, again.stderr
+    assert "full models (every person): 0 enqueued" in again.stdout
+    assert len(_folds(full["storage"])) == len(trials)
+
+
+@pytest.mark.slow
+def test_predict_averages_fold_and_full_models_and_gc_keeps_them(full, tiny_data, tmp_path):
+    from hpo.predict import resolve_members
+
+    promote = cli("promote", "--study", "smoke-refit", "--name", "full", *full["args"])
+    assert promote.returncode == 0, promote.stderr
+    root = full["root"] / "artifacts"
+    manifest = json.loads((root / "ensembles" / "full.json").read_text())
+    trials = {t.number: t for t in _folds(full["storage"])}
+    for member in manifest["members"]:  # lineage: the full model's trial and checkpoint
+        part = member["full"]
+        assert trials[part["trial"]].user_attrs[FOLD_ATTR] == "all"
+        assert trials[part["trial"]].user_attrs[SOURCE_ATTR] == member["trial"]
+        assert file_sha256(part["checkpoint"]) == part["sha256"]
+    models = resolve_members(ensemble="full", artifacts=root)
+    assert len(models) == 3 * len(manifest["members"])  # two folds and the full model each
+    for member in manifest["members"]:
+        mine = [m for m in models if m.trial == member["trial"]]
+        assert sorted(map(str, (m.fold for m in mine))) == ["0", "1", "all"]
+        assert all(m.weight == pytest.approx(member["weight"] / 3) for m in mine)
+    gc = cli("gc", "--study", "smoke-refit", "--keep-top", "1", *full["args"])
+    assert gc.returncode == 0, gc.stderr
+    out = tmp_path / "sub.csv"
+    predict = cli("predict", "--ensemble", "full", "--data", str(tiny_data / "eval"),
+                  "--out", str(out), "--device", "cpu", "--artifacts", str(root))
+    assert predict.returncode == 0, predict.stderr  # gc left every model the ensemble names
+    assert predict.stderr.count(" fold all") == len(manifest["members"])
+    assert len(pd.read_csv(out)) == len(pd.read_csv(tiny_data / "eval" / "info.csv"))
