@@ -11,7 +11,9 @@ from ``../shared/data/utkmask`` (or ``--data``), then scores the eval people wit
 - ``ensemble``: ``hpo promote`` of the search's trials (greedy, selected on validation halves);
 - ``refit``: ``hpo refit`` of the top configurations on k person-level folds, then ``hpo
   promote`` of the refit study (greedy on out-of-fold probabilities), predicting with every
-  fold model.
+  fold model;
+- ``full``: ``hpo refit --full``: the same members, each also trained on every training person
+  for its folds' median best epoch, predicting with the fold models and the full model.
 
 Each gets macro-F1, per-task F1 (mask, gender, age) and the trial-seconds it cost (the sum of
 the ``seconds`` its trials recorded: the hand recipe its own trial, best and ensemble the whole
@@ -27,9 +29,9 @@ on 19 shuffles of the same curves and reports in how many orders each pruner rea
 target and its median ratio to no pruning.
 
 Every stage resumes: run it again with the same ``--out`` and finished stages are skipped.
-The last lines are ``RESULT preset=... hand=... best=... ensemble=... refit=... age_best=...``
-and one ``PRUNER name=... seconds_to_target=... ratio_to_none=... reached=k/20
-median_ratio=...`` per pruner.
+The last lines are ``RESULT preset=... hand=... best=... ensemble=... refit=... full=...
+age_best=... age_refit=... age_full=...`` and one ``PRUNER name=... seconds_to_target=...
+ratio_to_none=... reached=k/20 median_ratio=...`` per pruner.
 
     python bench/search_quality.py --preset cpu --out /tmp/sq
 """
@@ -251,24 +253,40 @@ def run(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     hpo("launch", "--study", str(study_file), "--data", str(data / "train"), env=env)
     hpo("promote", "--study", name, "--name", "search", env=env)
-    hpo("refit", "--study", name, "--top", str(args.top or preset["top"]), "--folds",
-        str(args.folds or preset["folds"]), env=env)
-    hpo("promote", "--study", f"{name}-refit", "--name", "refit", env=env)
+    refit = ["refit", "--study", name, "--top", str(args.top or preset["top"]), "--folds",
+             str(args.folds or preset["folds"])]
+    hpo(*refit, env=env)
+    hpo(*refit, "--full", env=env)
+    hpo("promote", "--study", f"{name}-refit", "--name", "full", env=env)
+    folds_only(out / "artifacts" / "ensembles", "full", "refit")
     storage = env["HPO_STORAGE"]
     search = optuna.load_study(study_name=name, storage=storage).trials
-    folds = optuna.load_study(study_name=f"{name}-refit", storage=storage).trials
+    refits = optuna.load_study(study_name=f"{name}-refit", storage=storage).trials
+    folds = [t for t in refits if t.user_attrs.get("refit_fold") != "all"]
     best = max((t for t in search if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     which = {"hand": ["--study", name, "--trial", "0"],
              "best": ["--study", name, "--trial", str(best.number)],
-             "ensemble": ["--ensemble", "search"], "refit": ["--ensemble", "refit"]}
+             "ensemble": ["--ensemble", "search"], "refit": ["--ensemble", "refit"],
+             "full": ["--ensemble", "full"]}
     scores = {}
     for key, select in which.items():
         sub = out / f"submission-{key}.csv"
         hpo("predict", *select, "--data", str(data / "eval"), "--out", str(sub), env=env)
         scores[key] = score(sub, data / "eval" / "labels.csv")
     costs = {"hand": seconds(search[:1]), "best": seconds(search),
-             "ensemble": seconds(search), "refit": seconds(search) + seconds(folds)}
+             "ensemble": seconds(search), "refit": seconds(search) + seconds(folds),
+             "full": seconds(search) + seconds(refits)}
     report(args.preset, scores, costs, best, search, original, time.perf_counter() - start)
+
+
+def folds_only(folder: Path, source: str, name: str) -> None:
+    """Ensemble ``name``: ensemble ``source``'s members (the same selection, made on
+    out-of-fold probabilities) with their fold models only, not their full models."""
+    manifest = json.loads((folder / f"{source}.json").read_text())
+    for member in manifest["members"]:
+        member.pop("full", None)
+    manifest["name"] = name
+    (folder / f"{name}.json").write_text(json.dumps(manifest, indent=1))
 
 
 def report(preset: str, scores: dict, costs: dict, best, search, original: dict,
@@ -283,8 +301,9 @@ def report(preset: str, scores: dict, costs: dict, best, search, original: dict,
     epochs = max((len(t.intermediate_values) for t in search), default=1)
     lines = [f"RESULT preset={preset} hand={scores['hand']['f1']:.4f} "
              f"best={scores['best']['f1']:.4f} ensemble={scores['ensemble']['f1']:.4f} "
-             f"refit={scores['refit']['f1']:.4f} age_best={scores['best']['age']:.4f} "
-             f"age_refit={scores['refit']['age']:.4f}"]
+             f"refit={scores['refit']['f1']:.4f} full={scores['full']['f1']:.4f} "
+             f"age_best={scores['best']['age']:.4f} age_refit={scores['refit']['age']:.4f} "
+             f"age_full={scores['full']['age']:.4f}"]
     lines += pruner_lines(search, original, epochs)
     print("\n".join(lines))
 
