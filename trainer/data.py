@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from trainer.augment import Augmentation, apply_cpu
@@ -151,11 +152,12 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
     """
     d = cfg.data
     frame = scan_train(d.train_dir, age_bins=d.age_bins, relabel_csv=d.relabel_csv)
-    if d.holdout:
-        train, val = split_frame(frame, val_fraction=d.val_fraction, seed=d.split_seed,
-                                 fold=d.fold, n_folds=d.n_folds)
-    else:  # every person trains; nobody validates
-        train, val = frame, frame.iloc[:0]
+    train, val = split_frame(frame, val_fraction=d.val_fraction, seed=d.split_seed, fold=d.fold,
+                             n_folds=d.n_folds)
+    if not d.holdout:
+        # Every person trains, nobody validates. The images keep the split's order, so the
+        # decoded cache is the one the same split's fold already built.
+        train, val = pd.concat([train, val], ignore_index=True), val.iloc[:0]
     ordered = list(train["path"]) + list(val["path"])  # one cache for both sides
     labels = np.concatenate([train["label"].to_numpy(),
                              val["competition_label"].to_numpy()]).astype(np.int64)

@@ -87,6 +87,8 @@ def test_without_holdout_every_person_trains_and_the_last_epoch_is_the_model(tin
     data = prepare_data(tiny_cfg(data__holdout=False, data__fold=1, data__n_folds=3))
     assert len(data.val_rows) == 0
     assert len(data.train_rows) == len(with_holdout.train_rows) + len(with_holdout.val_rows)
+    fold = prepare_data(tiny_cfg(data__fold=1, data__n_folds=3))
+    assert data.cache_path == fold.cache_path  # the fold's decoded images, not a second cache
     seen = []
     straight = fit(tiny_cfg(epochs=2, data__holdout=False, output_dir=str(tmp_path / "a")),
                    on_epoch=lambda e, m: seen.append(m))
