@@ -66,8 +66,10 @@ def _running(c: Counts, metric: str) -> str:
     shown = []
     for t in c.running:
         p = t.user_attrs.get("progress")
-        shown.append(f"#{t.number} " + (f"ep {p['epoch']}/{p['epochs']} "
-                                         f"{p.get(metric, 0):.3f}" if p else "starting"))
+        # a refit's full model validates on nobody: its progress has no metric
+        score = f" {p[metric]:.3f}" if p and isinstance(p.get(metric), (int, float)) else ""
+        shown.append(f"#{t.number} " + (f"ep {p['epoch']}/{p['epochs']}{score}" if p
+                                         else "starting"))
     return ", ".join(shown) or "-"
 
 
