@@ -13,7 +13,8 @@ from ``../shared/data/utkmask`` (or ``--data``), then scores the eval people wit
   promote`` of the refit study (greedy on out-of-fold probabilities), predicting with every
   fold model;
 - ``full``: ``hpo refit --full``: the same members, each also trained on every training person
-  for its folds' median best epoch, predicting with the fold models and the full model.
+  for its folds' median best epoch, predicting with the fold models and the full model
+  (``fullonly``, in the table: with the full models alone).
 
 Each gets macro-F1, per-task F1 (mask, gender, age) and the trial-seconds it cost (the sum of
 the ``seconds`` its trials recorded: the hand recipe its own trial, best and ensemble the whole
@@ -259,6 +260,7 @@ def run(args: argparse.Namespace) -> None:
     hpo(*refit, "--full", env=env)
     hpo("promote", "--study", f"{name}-refit", "--name", "full", env=env)
     folds_only(out / "artifacts" / "ensembles", "full", "refit")
+    full_only(out / "artifacts" / "ensembles", "full", "fullonly")
     storage = env["HPO_STORAGE"]
     search = optuna.load_study(study_name=name, storage=storage).trials
     refits = optuna.load_study(study_name=f"{name}-refit", storage=storage).trials
@@ -267,7 +269,7 @@ def run(args: argparse.Namespace) -> None:
     which = {"hand": ["--study", name, "--trial", "0"],
              "best": ["--study", name, "--trial", str(best.number)],
              "ensemble": ["--ensemble", "search"], "refit": ["--ensemble", "refit"],
-             "full": ["--ensemble", "full"]}
+             "full": ["--ensemble", "full"], "fullonly": ["--ensemble", "fullonly"]}
     scores = {}
     for key, select in which.items():
         sub = out / f"submission-{key}.csv"
@@ -275,7 +277,8 @@ def run(args: argparse.Namespace) -> None:
         scores[key] = score(sub, data / "eval" / "labels.csv")
     costs = {"hand": seconds(search[:1]), "best": seconds(search),
              "ensemble": seconds(search), "refit": seconds(search) + seconds(folds),
-             "full": seconds(search) + seconds(refits)}
+             "full": seconds(search) + seconds(refits),
+             "fullonly": seconds(search) + seconds(refits)}
     report(args.preset, scores, costs, best, search, original, time.perf_counter() - start)
 
 
@@ -285,6 +288,18 @@ def folds_only(folder: Path, source: str, name: str) -> None:
     manifest = json.loads((folder / f"{source}.json").read_text())
     for member in manifest["members"]:
         member.pop("full", None)
+    manifest["name"] = name
+    (folder / f"{name}.json").write_text(json.dumps(manifest, indent=1))
+
+
+def full_only(folder: Path, source: str, name: str) -> None:
+    """Ensemble ``name``: ensemble ``source``'s members, each predicting with its full model
+    alone (what the fold models add, seen from the other side)."""
+    manifest = json.loads((folder / f"{source}.json").read_text())
+    for member in manifest["members"]:
+        full = member.pop("full")
+        member.pop("folds")
+        member.update({k: full[k] for k in ("checkpoint", "artifact", "sha256")})
     manifest["name"] = name
     (folder / f"{name}.json").write_text(json.dumps(manifest, indent=1))
 
