@@ -154,19 +154,22 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
     frame = scan_train(d.train_dir, age_bins=d.age_bins, relabel_csv=d.relabel_csv)
     train, val = split_frame(frame, val_fraction=d.val_fraction, seed=d.split_seed, fold=d.fold,
                              n_folds=d.n_folds)
-    if not d.holdout:
-        # Every person trains, nobody validates. The images keep the split's order, so the
-        # decoded cache is the one the same split's fold already built.
+    if not d.holdout:  # every person trains, nobody validates
         train, val = pd.concat([train, val], ignore_index=True), val.iloc[:0]
-    ordered = list(train["path"]) + list(val["path"])  # one cache for both sides
-    labels = np.concatenate([train["label"].to_numpy(),
-                             val["competition_label"].to_numpy()]).astype(np.int64)
+    # One decoded cache per dataset: its images in the layout's order whatever the split, so
+    # the search's split, every fold of a refit and a full model share it (k folds at 224 px
+    # were k copies of the images). The rows keep the split's order.
+    ordered = list(frame["path"])
+    row_of = {path: i for i, path in enumerate(ordered)}
+    train_at = np.array([row_of[p] for p in train["path"]], dtype=np.int64)
+    val_at = np.array([row_of[p] for p in val["path"]], dtype=np.int64)
+    labels = np.zeros(len(ordered), dtype=np.int64)
+    labels[train_at] = train["label"].to_numpy()
+    labels[val_at] = val["competition_label"].to_numpy()
     info = build_cache(ordered, size=d.img_size, crop=d.crop, cache_dir=d.cache_dir)
     good = np.ones(len(ordered), dtype=bool)
     good[list(info.bad)] = False
-    n_train = len(train)
-    train_rows = np.flatnonzero(good[:n_train])
-    val_rows = n_train + np.flatnonzero(good[n_train:])
+    train_rows, val_rows = train_at[good[train_at]], val_at[good[val_at]]
     if len(train_rows) == 0 or (d.holdout and len(val_rows) == 0):
         raise DataError("no readable images left on one side of the train/validation split")
     counts = np.bincount(labels[train_rows], minlength=NUM_CLASSES)

@@ -19,6 +19,8 @@ from trainer import (
     load_config,
     predict,
     prepare_data,
+    scan_train,
+    split_frame,
 )
 
 
@@ -87,8 +89,11 @@ def test_without_holdout_every_person_trains_and_the_last_epoch_is_the_model(tin
     data = prepare_data(tiny_cfg(data__holdout=False, data__fold=1, data__n_folds=3))
     assert len(data.val_rows) == 0
     assert len(data.train_rows) == len(with_holdout.train_rows) + len(with_holdout.val_rows)
-    fold = prepare_data(tiny_cfg(data__fold=1, data__n_folds=3))
-    assert data.cache_path == fold.cache_path  # the fold's decoded images, not a second cache
+    folds = [prepare_data(tiny_cfg(data__fold=k, data__n_folds=3)) for k in range(3)]
+    # one decoded cache for the search's split, every fold and the full model
+    assert {data.cache_path, with_holdout.cache_path} == {f.cache_path for f in folds}
+    assert [with_holdout.paths[i] for i in with_holdout.val_rows] == \
+        list(split_frame(scan_train(tiny_cfg().data.train_dir), val_fraction=0.34)[1]["path"])
     seen = []
     straight = fit(tiny_cfg(epochs=2, data__holdout=False, output_dir=str(tmp_path / "a")),
                    on_epoch=lambda e, m: seen.append(m))
