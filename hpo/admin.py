@@ -23,7 +23,7 @@ from hpo.manifest import ensemble_rows, load_manifest
 from hpo.progress import size_text
 from hpo.storage import with_retries
 from hpo.study import open_for_reading
-from hpo.trial_record import artifact_ids
+from hpo.trial_record import artifact_ids, best_first
 
 __all__ = [
     "DeleteResult",
@@ -220,9 +220,7 @@ def _busy(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
 
 def _top(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], n: int) -> set[int]:
     """The ``n`` best completed trials, ranked as ``hpo promote`` ranks them."""
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
-    return {t.number for t in sorted(done, key=lambda t: (sign * t.value, t.number))[:n]}
+    return {t.number for t in best_first(trials, study.direction)[:n]}
 
 
 def _unneeded(study: optuna.Study, root: Path, keep_top: int) -> dict[Path, int]:

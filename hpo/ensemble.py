@@ -25,7 +25,6 @@ from typing import Any, Literal
 
 import numpy as np
 import optuna
-from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from hpo.artifacts import ArtifactPaths
@@ -48,6 +47,7 @@ from hpo.selection import (
     topk_select,
 )
 from hpo.storage import mask_url, resolve_storage_url, with_retries
+from hpo.trial_record import best_first
 
 __all__ = [
     "IMAGES_PER_PERSON",
@@ -83,12 +83,11 @@ class PromoteResult:
 def _ranked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     done = with_retries(lambda: study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
                         what="reading trials")
-    done = [t for t in done if t.value is not None]
-    if not done:
+    ranked = best_first(done, study.direction)
+    if not ranked:
         raise EnsembleError(f"study {study.study_name} has no completed trial; run hpo launch "
                             f"--study {study.study_name} first")
-    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-    return sorted(done, key=lambda t: (sign * t.value, t.number))
+    return ranked
 
 
 @dataclass

@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 import optuna
 import yaml
-from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import HpoError
 from hpo.storage import with_retries
+from hpo.trial_record import best_first
 
 __all__ = [
     "EPOCHS_ATTR",
@@ -109,9 +109,7 @@ class RefitPlan:
 def _completed(study: optuna.Study) -> list[FrozenTrial]:
     done = with_retries(lambda: study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
                         what="reading trials")
-    sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
-    return sorted((t for t in done if t.value is not None),
-                  key=lambda t: (sign * float(t.value), t.number))
+    return best_first(done, study.direction)
 
 
 def _from_ensemble(study: optuna.Study, ensemble: str,

@@ -25,7 +25,7 @@ still promote, predict and report.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import optuna
@@ -39,6 +39,7 @@ __all__ = [
     "VALUE_KEY",
     "VERSIONS_KEY",
     "artifact_ids",
+    "best_first",
     "recorded_sha256",
     "recorded_value",
     "trial_epochs_run",
@@ -111,3 +112,15 @@ def recorded_value(trial: _Trial, metric: str) -> float | None:
         return float(value)
     fallback = trial_metrics(trial).get(metric)
     return float(fallback) if isinstance(fallback, (int, float)) else None
+
+
+def best_first(trials: Iterable[optuna.trial.FrozenTrial],
+               direction: optuna.study.StudyDirection) -> list[optuna.trial.FrozenTrial]:
+    """The COMPLETE trials with a value, best first for ``direction`` (ties: lower number).
+
+    The one ranking that ``hpo promote``, ``hpo refit --top`` and ``hpo gc --keep-top`` share.
+    """
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE
+            and t.value is not None]
+    sign = -1.0 if direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    return sorted(done, key=lambda t: (sign * float(t.value), t.number))
