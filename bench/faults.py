@@ -13,6 +13,10 @@ as a user does and injects its fault:
 ``kill_worker``    a worker is SIGKILLed in mid-trial (epoch >= 2); the trial resumes elsewhere
 ``disk_readonly``  the artifact store stops taking files while a trial ends; afterwards
                    ``hpo retry`` + ``hpo launch`` finish it from its kept checkpoints
+``store_readonly`` the artifact folder is a tmpfs remounted read-only mid-study (a trial done,
+                   others training): the workers stop instead of failing the rest of the
+                   budget; once it is writable again ``hpo retry`` + ``hpo launch`` finish
+                   (needs root to mount; skipped otherwise)
 
 The PostgreSQL scenarios run on a cluster of their own (``--pg-cluster VERSION/NAME``, default
 ``<newest>/faults`` on port 5433, created with trust authentication if missing: needs root and
@@ -24,8 +28,10 @@ use ``--storage`` (default a SQLite file per scenario under ``--out``). Per scen
 ``trials``: trials in the study at the end (retries included); ``lost_epochs``: epochs trained
 twice (a failed trial reported them, its retry trained them again: it resumed from an earlier
 checkpoint, or from none); ``running_left``: trials still RUNNING; ``tracebacks``: 'Traceback'
-in the launcher's stderr (its workers write there too). The exit status is 1 when a scenario
-left a trial RUNNING or printed a traceback.
+in the launcher's stderr (its workers write there too). ``store_readonly`` adds
+``burnt``: trials started after the folder went read-only (each would fail at once and spend
+the budget; 0 is the target). The exit status is 1 when a scenario left a trial RUNNING,
+printed a traceback or burnt a trial.
 """
 from __future__ import annotations
 
@@ -53,7 +59,7 @@ from bench.faults_pg import PgCluster, cluster_problem, ensure_cluster  # noqa: 
 
 __all__ = ["SCENARIOS", "Outcome", "lost_epochs", "main"]
 
-SCENARIOS = ("pg_restart", "pg_outage", "kill_worker", "disk_readonly")
+SCENARIOS = ("pg_restart", "pg_outage", "kill_worker", "disk_readonly", "store_readonly")
 _PG = ("pg_restart", "pg_outage")
 
 
@@ -68,9 +74,11 @@ class Outcome:
     tracebacks: int
     exits: list[int]
     states: str
+    burnt: int | None = None
 
     def line(self) -> str:
-        return (f"RESULT scenario={self.scenario} trials={self.trials} "
+        burnt = "" if self.burnt is None else f" burnt={self.burnt}"
+        return (f"RESULT scenario={self.scenario} trials={self.trials}{burnt} "
                 f"lost_epochs={self.lost_epochs} running_left={self.running_left} "
                 f"tracebacks={self.tracebacks}")
 
@@ -130,6 +138,7 @@ class _Run:
         self.name, self.storage, self.data, self.folder = study.stem, storage, data, folder
         self.study, self.exits, self.err_text = study, [], ""
         self.art = folder / "art"
+        self.burnt: int | None = None
 
     def launch(self, *extra: str) -> subprocess.Popen:
         n = len(self.exits)
@@ -177,7 +186,8 @@ class _Run:
         return Outcome(scenario=scenario, trials=len(trials), lost_epochs=lost_epochs(trials),
                        running_left=counts.get("RUNNING", 0),
                        tracebacks=self.err_text.count("Traceback"), exits=self.exits,
-                       states=", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+                       states=", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+                       burnt=self.burnt)
 
 
 def _training(trials, *, epoch: int = 1, count: int = 2) -> bool:
@@ -246,10 +256,49 @@ def _disk_readonly(run: _Run, cluster: PgCluster | None, args) -> None:
     run.wait()
 
 
+def _mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True, text=True, timeout=60)
+
+
+def mount_problem(folder: Path) -> str | None:
+    """Why this machine cannot mount a tmpfs for store_readonly (None: it can)."""
+    probe = folder / "mount-probe"
+    probe.mkdir(parents=True, exist_ok=True)
+    try:
+        _mount("-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe))
+    except (OSError, subprocess.CalledProcessError) as exc:
+        return f"cannot mount a tmpfs here ({getattr(exc, 'stderr', '') or exc})".strip()
+    subprocess.run(["umount", "-l", str(probe)], capture_output=True, timeout=60)
+    return None
+
+
+def _store_readonly(run: _Run, cluster: PgCluster | None, args) -> None:
+    run.art.mkdir(parents=True, exist_ok=True)
+    _mount("-t", "tmpfs", "-o", "size=256m", "tmpfs", str(run.art))
+    try:
+        run.launch()
+        trials = run.until(lambda ts: any(t.state == TrialState.COMPLETE for t in ts)
+                           and any(t.state == TrialState.RUNNING for t in ts),
+                           "one trial done and another training")
+        _mount("-o", "remount,ro", str(run.art))
+        before = len(trials)
+        print(f"  artifact folder read-only after {before} trial(s) started", flush=True)
+        run.wait()
+        run.burnt = len(run.trials()) - before
+        _mount("-o", "remount,rw", str(run.art))
+        subprocess.run([sys.executable, "-m", "hpo.cli", "retry", "--study", run.name,
+                        "--storage", run.storage], cwd=REPO, check=False, capture_output=True)
+        run.launch()
+        run.wait()
+    finally:
+        subprocess.run(["umount", "-l", str(run.art)], capture_output=True, timeout=60)
+
+
 _RUNNERS = {"pg_restart": _pg_restart, "pg_outage": _pg_outage,
-            "kill_worker": _kill_worker, "disk_readonly": _disk_readonly}
+            "kill_worker": _kill_worker, "disk_readonly": _disk_readonly,
+            "store_readonly": _store_readonly}
 _SHAPES = {"pg_restart": (3, 6), "pg_outage": (2, 4), "kill_worker": (2, 6),
-           "disk_readonly": (2, 3)}  # (n_trials, epochs)
+           "disk_readonly": (2, 3), "store_readonly": (6, 3)}  # (n_trials, epochs)
 
 
 @contextmanager
@@ -339,6 +388,11 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as exc:
                 print(f"Error: {exc}", file=sys.stderr)
                 return 2
+    if "store_readonly" in scenarios:
+        problem = mount_problem(args.out)
+        if problem:
+            print(f"SKIP scenario=store_readonly reason={problem!r}", flush=True)
+            scenarios = [s for s in scenarios if s != "store_readonly"]
     bad = 0
     for scenario in scenarios:
         started = time.monotonic()
@@ -347,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {time.monotonic() - started:.0f} s; launch exit codes "
               f"{' '.join(map(str, outcome.exits))}; trials {outcome.states}", flush=True)
         print(outcome.line(), flush=True)
-        bad += outcome.running_left > 0 or outcome.tracebacks > 0
+        bad += outcome.running_left > 0 or outcome.tracebacks > 0 or bool(outcome.burnt)
     return 1 if bad else 0
 
 

@@ -119,7 +119,7 @@ def _merge(base: dict, over: dict) -> dict:
 def write_study(out: Path, preset: dict, study: str | None, n_trials: int) -> tuple[Path, dict]:
     """The study file with pruning off (the replay needs whole curves); returns it and the
     original file's pruner settings."""
-    from hpo.studyfiles import find_study_file
+    from hpo.studyfile.files import find_study_file
 
     source = find_study_file(study or preset["study"])
     raw = yaml.safe_load(source.read_text())

@@ -6,8 +6,8 @@
         --sequential-baseline
 
 starts ``--workers`` worker processes (subprocesses of this script, as ``hpo launch`` starts
-``hpo worker``) on one fresh study. Each runs :func:`hpo.worker.run_worker` unchanged (budget
-counting, retries, the real :class:`hpo.objective.Objective`: suggestions, config building,
+``hpo worker``) on one fresh study. Each runs :func:`hpo.run.worker.run_worker` unchanged (budget
+counting, retries, the real :class:`hpo.run.objective.Objective`: suggestions, config building,
 per-epoch report and pruning, user attributes, artifact upload) with ``fit=`` a stand-in for
 ``trainer.fit`` that sleeps ``--sleep-ms`` per epoch instead of training, and writes the files a
 real run writes. Every worker gets the study's whole budget (``--trials``), so they stop together.

@@ -219,7 +219,7 @@ def _create_study(plan: _Plan):
 
         return optuna.create_study(study_name=plan.study, storage=plan.url,
                                    direction="maximize")
-    from hpo.study import create_or_resume
+    from hpo.run.study import create_or_resume
 
     # The parent creates the study before starting workers, as ``hpo launch`` does.
     spec = bench_spec(plan.study, trials=plan.trials, epochs=plan.epochs, sampler=plan.sampler)
@@ -324,13 +324,14 @@ def run_load(
     Raises:
         RuntimeError: a worker died before the start line or the run passed ``timeout``.
     """
-    from hpo.storage import mask_url, resolve_storage_url
+    from hpo.store.storage import mask_url
+    from hpo.store.url import resolve_storage
 
     say = log or (lambda message: None)
     sync = Path(tempfile.mkdtemp(prefix="bench-storage-"))
     art = Path(artifacts) if artifacts is not None else Path(
         tempfile.mkdtemp(prefix="bench-storage-artifacts-"))
-    plan = _Plan(url=resolve_storage_url(storage), study=f"bench-storage-{uuid.uuid4().hex[:8]}",
+    plan = _Plan(url=resolve_storage(storage).url, study=f"bench-storage-{uuid.uuid4().hex[:8]}",
                  kind=kind, workers=workers, trials=trials, epochs=epochs, sleep_ms=sleep_ms,
                  sampler=sampler, artifacts=art, sync=sync)
     study = _create_study(plan)

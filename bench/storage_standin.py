@@ -17,7 +17,8 @@ _VAL_ROWS = 54  # 3 validation images per class
 def bench_spec(name: str, *, trials: int, epochs: int = 3, sampler: str = "tpe"):
     """The benchmark's study: a small space, TPE (or random), the median pruner.
 
-    Built in code with :func:`hpo.spec.parse_study_spec`, so it is validated like a study file.
+    Built in code with :func:`hpo.studyfile.parse.parse_study_spec`, so it is validated like a
+    study file.
     ``data.train_dir`` names no real folder: the stand-in never reads it.
 
     Args:
@@ -27,9 +28,9 @@ def bench_spec(name: str, *, trials: int, epochs: int = 3, sampler: str = "tpe")
         sampler: ``tpe`` or ``random``.
 
     Returns:
-        The validated :class:`hpo.spec.StudySpec`.
+        The validated :class:`hpo.studyfile.spec.StudySpec`.
     """
-    from hpo.spec import parse_study_spec
+    from hpo.studyfile.parse import parse_study_spec
 
     raw = {
         "description": "storage load benchmark (trainer stand-in)",
@@ -176,8 +177,8 @@ class StandInFit:
 class BareObjective:
     """The benchmark's trial as a plain Optuna objective: Optuna's own cost, nothing of ours.
 
-    The same space (through :func:`hpo.space.suggest`, i.e. ``trial.suggest_*``), the same
-    sleeps and scores per epoch, ``trial.report`` and ``trial.should_prune`` each epoch; no
+    The same space (through :func:`hpo.studyfile.space.suggest`, i.e. ``trial.suggest_*``), the
+    same sleeps and scores per epoch, ``trial.report`` and ``trial.should_prune`` each epoch; no
     user attributes, no files, no config. ``own_s`` accumulates the sleeps.
 
     Args:
@@ -197,7 +198,7 @@ class BareObjective:
         """One trial: suggest, then per epoch sleep, report and maybe prune; returns f1."""
         import optuna
 
-        from hpo.space import suggest
+        from hpo.studyfile.space import suggest
 
         s = suggest(trial, self.spec)
         quality = _score(lr=s["optim.lr"], weight_decay=s["optim.weight_decay"],

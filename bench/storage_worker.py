@@ -2,7 +2,7 @@
 
 Two kinds of worker share the start line and the figures:
 
-- ``hpo``: :func:`hpo.worker.run_worker` unchanged, with the trainer stand-in.
+- ``hpo``: :func:`hpo.run.worker.run_worker` unchanged, with the trainer stand-in.
 - ``bare``: a plain Optuna loop (``study.optimize`` with :class:`BareObjective`) on a study
   made by ``optuna.create_study``: the same space, sampler, pruner, epochs and sleeps, and
   nothing of ours: no heartbeat, budget lock, attributes, files or config.
@@ -63,8 +63,8 @@ class _TrialClock:
 
 
 def _run_hpo(args: argparse.Namespace, spec, clock: _TrialClock) -> int:
-    from hpo.budget import Budget
-    from hpo.worker import run_worker
+    from hpo.run.budget import Budget
+    from hpo.run.worker import run_worker
 
     return run_worker(spec, storage=args.storage, artifacts=args.artifacts,
                       budget=Budget(args.trials, None), fit=clock.fit, on_trial=clock)
@@ -73,7 +73,7 @@ def _run_hpo(args: argparse.Namespace, spec, clock: _TrialClock) -> int:
 def _run_bare(args: argparse.Namespace, spec, clock: _TrialClock) -> int:
     import optuna
 
-    from hpo.samplers import create_pruner, create_sampler
+    from hpo.studyfile.samplers import create_pruner, create_sampler
 
     study = optuna.load_study(study_name=args.study, storage=args.storage,
                               sampler=create_sampler(spec.sampler),
@@ -98,14 +98,14 @@ def worker_process(args: argparse.Namespace) -> int:
     import optuna
     import timm  # noqa: F401
 
-    import hpo.worker  # noqa: F401
+    import hpo.run.worker  # noqa: F401
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # Optuna's warnings (a failed trial and its exception) go to the log the parent scans for
     # lock errors; its per-trial INFO lines would only fill it.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    hpo.worker.install_stop_signals()
+    hpo.run.worker.install_stop_signals()
     spec = bench_spec(args.study, trials=args.trials, epochs=args.epochs, sampler=args.sampler)
     sleep_s = args.sleep_ms / 1000.0
     fit = BareObjective(spec, sleep_s, args.epochs) if args.bare else StandInFit(sleep_s)

@@ -1,9 +1,18 @@
-"""The service's errors. The CLI prints any of them (and the trainer's) as one line."""
+"""Every exception of ``hpo``, the bottom layer. The CLI prints any of them (and the trainer's)
+as one line, ``Error: ...``, exit code 1."""
 from __future__ import annotations
 
 from trainer import TrainerError
 
-__all__ = ["HpoError", "SpecError", "StorageError", "EnsembleError"]
+__all__ = [
+    "ArtifactStoreError",
+    "EnsembleError",
+    "FailureStreak",
+    "HpoError",
+    "RefitError",
+    "SpecError",
+    "StorageError",
+]
 
 
 class HpoError(TrainerError):
@@ -23,3 +32,15 @@ class StorageError(HpoError):
 
 class EnsembleError(HpoError):
     """Promotion or prediction cannot proceed (no completed trials, altered checkpoint, ...)."""
+
+
+class RefitError(HpoError):
+    """A refit cannot start: nothing to refit, a bad fold count, a changed plan."""
+
+
+class FailureStreak(HpoError):
+    """Trials keep failing the same way: the worker stops rather than fail the whole budget."""
+
+
+class ArtifactStoreError(HpoError):
+    """A trial's files cannot be written to the artifact folder (read-only, full, a file)."""

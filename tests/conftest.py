@@ -91,7 +91,11 @@ def _isolated_env(monkeypatch, _session_cache):
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 600, cwd=None):
-    """Run ``hpo ARGS`` as a real subprocess (``python -m hpo.cli``) from the repository root."""
+    """Run ``hpo ARGS`` as a real subprocess (``python -m hpo.cli``) from the repository root.
+
+    For what needs a process of its own: signals and kills, the entry point itself, every byte
+    a process prints (no password in any output). Everything else: :func:`hpo_cli`.
+    """
     import os
     import subprocess
     import sys
@@ -99,6 +103,160 @@ def cli(*args: str, env: dict | None = None, timeout: float = 600, cwd=None):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "hpo.cli", *args], cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+# A fresh interpreter's own warning filters (no -W options), first in `python -m hpo.cli`; pytest
+# puts "always" for deprecations in their place.
+_PROCESS_WARNING_FILTERS = (("default", DeprecationWarning, "__main__"),
+                            ("ignore", DeprecationWarning, ""),
+                            ("ignore", PendingDeprecationWarning, ""),
+                            ("ignore", ImportWarning, ""), ("ignore", ResourceWarning, ""))
+
+
+class _CurrentStderr:
+    """A stream that writes to whatever ``sys.stderr`` is at the time (CliRunner's, in a call)."""
+
+    def write(self, text: str) -> int:
+        import sys
+
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        import sys
+
+        sys.stderr.flush()
+
+
+def hpo_cli(*args: str, env: dict | None = None, cwd=None):
+    """Run ``hpo ARGS`` in this process (click's CliRunner), shaped and as strict as :func:`cli`.
+
+    For the calls whose behaviour needs no process of its own (refusals, reads, promote,
+    predict, gc, launches judged by their outcome): it saves an interpreter start and the
+    torch import per call. See :func:`_in_process` for what it shows and puts back.
+    """
+    from hpo.cli import main
+
+    return _in_process(main, "hpo", args, env=env, cwd=cwd)
+
+
+def trainer_cli(*args: str, env: dict | None = None, cwd=None):
+    """Run ``python -m trainer ARGS`` in this process (its ``main``), shaped like :func:`cli`."""
+    import click
+
+    @click.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
+    @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+    def trainer_main(argv):
+        import sys
+
+        from trainer.__main__ import main
+
+        sys.exit(main(list(argv)))
+
+    return _in_process(trainer_main, "python -m trainer", args, env=env, cwd=cwd)
+
+
+def _in_process(command, prog_name: str, args, *, env: dict | None, cwd):
+    """Invoke a click command as a process would run it; a ``subprocess.CompletedProcess``.
+
+    What a real process would have shown comes back:
+
+    - an unexpected exception's traceback ends ``stderr`` (as Python prints it when a process
+      dies of one), so "no Traceback" and "one line" checks still catch it;
+    - file descriptors 1 and 2 are captured too (``capture="fd"``): the output of the worker
+      processes ``hpo launch`` starts, and C-level output, land in ``stdout`` / ``stderr``
+      (after the command's own output);
+    - the command's log records reach ``stderr`` through the handler its own
+      ``logging.basicConfig`` installs (pytest's root handlers are set aside meanwhile),
+      Optuna's handler writes there too, and warnings are printed there under a fresh
+      interpreter's filters instead of being recorded by pytest;
+    - ``env`` applies to this call only (a value None unsets a variable); ``cwd`` (default:
+      the repository root, like :func:`cli`) is entered and left.
+
+    What the command changes in this process is put back afterwards: the SIGINT/SIGTERM
+    handlers (``hpo worker`` installs its own), the root logger's handlers and level, loggers a
+    logging configuration disabled, Optuna's verbosity (``quiet_optuna``) and handler, the
+    working directory; and the storages it left behind are collected, so no SQLite connection
+    outlives the call.
+    """
+    import gc
+    import os
+    import signal
+    import subprocess
+    import sys
+    import traceback
+    import warnings
+
+    import optuna
+    from click.testing import CliRunner
+
+    signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    root = logging.getLogger()
+    root_handlers, root_level = list(root.handlers), root.level
+    disabled = {name: logger.disabled for name, logger in logging.root.manager.loggerDict.items()
+                if isinstance(logger, logging.Logger)}
+    optuna_streams = [(h, h.stream) for h in logging.getLogger("optuna").handlers
+                      if isinstance(h, logging.StreamHandler)]
+    verbosity = optuna.logging.get_verbosity()
+    old_cwd = os.getcwd()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    root.handlers.clear()  # a fresh process has none: the command's basicConfig adds its own
+    try:
+        for handler, _ in optuna_streams:
+            handler.setStream(_CurrentStderr())
+        os.chdir(cwd or REPO)
+        with warnings.catch_warnings():
+            for action, category, module in reversed(_PROCESS_WARNING_FILTERS):
+                warnings.filterwarnings(action, category=category, module=module)
+            warnings.showwarning = show
+            result = CliRunner(capture="fd").invoke(command, [str(a) for a in args], env=env,
+                                                    prog_name=prog_name, catch_exceptions=True)
+    finally:
+        os.chdir(old_cwd)
+        for sig, handler in signals.items():
+            signal.signal(sig, handler)
+        for handler in root.handlers:
+            if handler not in root_handlers:
+                handler.close()
+        root.handlers[:] = root_handlers
+        root.setLevel(root_level)
+        for name, was in disabled.items():
+            logging.getLogger(name).disabled = was
+        for handler, stream in optuna_streams:
+            handler.setStream(stream)
+        optuna.logging.set_verbosity(verbosity)
+        gc.collect()
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(*result.exc_info))
+    return subprocess.CompletedProcess([prog_name, *args], result.exit_code, result.stdout,
+                                       stderr)
+
+
+@pytest.fixture(scope="session")
+def smoke_launch(tiny_data, tmp_path_factory) -> dict:
+    """``hpo launch`` of the shipped smoke study, 3 trials on the tiny data, once per session.
+
+    Its output (``out``) is shared; the study is not: a test module takes its own copy with
+    :func:`copy_launch` before it adds anything.
+    """
+    root = tmp_path_factory.mktemp("smoke-launch")
+    out = hpo_cli("launch", "--study", "smoke", "--data", str(tiny_data / "train"),
+                  "--n-trials", "3", "--storage", f"sqlite:///{root}/hpo.db", "--artifacts",
+                  str(root / "artifacts"))
+    return {"root": root, "out": out}
+
+
+def copy_launch(launch: dict, folder: Path) -> dict:
+    """A copy of a launched study (its SQLite database and artifact folder) in ``folder``."""
+    import shutil
+
+    storage = copy_sqlite(launch["root"] / "hpo.db", folder / "hpo.db")
+    shutil.copytree(launch["root"] / "artifacts", folder / "artifacts")
+    return {"storage": storage, "root": folder,
+            "args": ["--storage", storage, "--artifacts", str(folder / "artifacts")]}
 
 
 @pytest.fixture(scope="session")

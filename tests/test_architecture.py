@@ -1,9 +1,10 @@
 """The design's shape, checked: sizes, private names, who imports click and who runs ``fit``.
 
-DESIGN.md "Boundaries" and "Borrowed habits" 5-7 as tests. Each check reports every offender
-as ``path:line``, so one run lists all there is to fix. The layering between packages is
-import-linter's job (``[tool.importlinter]`` in pyproject.toml); the last tests show its
-contracts bite and hold.
+docs/architecture.md ("Packages and the one-way flow", "Habits") as tests. Each check
+reports every offender as ``path:line``, so one run lists all there is to fix. The import graph
+of hpo and trainer (every import, those inside functions too) has no cycle and no import runs
+up a layer; import-linter checks the same contracts (``[tool.importlinter]`` in
+pyproject.toml), and the last tests show its contracts bite and hold.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ MAX_FUNCTION_LINES = 60
 # A function may run longer when it says why, on a comment line inside it: "# long: <why>".
 LONG_REASON = re.compile(r"#\s*long:\s*\S")
 # The one module that runs training for a study, and the benchmark that times training itself.
-FIT_CALLERS = {"hpo/objective.py", "bench/throughput.py"}
+FIT_CALLERS = {"hpo/run/objective.py", "bench/throughput.py"}
 
 
 @functools.cache
@@ -70,6 +71,21 @@ def test_modules_stay_under_500_lines(package):
                                              "split it along its concerns")
 
 
+def _code_lines(node: ast.AST, lines: list[str]) -> int:
+    """Lines of ``node`` that hold code: docstrings, comments and blank lines do not count."""
+    skip: set[int] = set()
+    for inner in ast.walk(node):
+        body = getattr(inner, "body", None)
+        if (isinstance(inner, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module))
+                and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            skip.update(range(body[0].lineno, body[0].end_lineno + 1))
+    return sum(1 for number in range(node.lineno, node.end_lineno + 1)
+               if number not in skip and lines[number - 1].strip()
+               and not lines[number - 1].strip().startswith("#"))
+
+
 @pytest.mark.parametrize("package", PACKAGES)
 def test_functions_read_in_one_screen(package):
     offenders = []
@@ -79,11 +95,19 @@ def test_functions_read_in_one_screen(package):
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             body = lines[node.lineno - 1:node.end_lineno]
-            if len(body) > MAX_FUNCTION_LINES and not any(LONG_REASON.search(b) for b in body):
-                offenders.append(f"{path}:{node.lineno}: {node.name} has {len(body)} lines")
+            code = _code_lines(node, lines)
+            if code > MAX_FUNCTION_LINES and not any(LONG_REASON.search(b) for b in body):
+                offenders.append(f"{path}:{node.lineno}: {node.name} has {code} code lines")
     assert not offenders, _report(
-        offenders, f"a function holds at most {MAX_FUNCTION_LINES} lines (def line to last "
-                   "line) unless a '# long: <why>' comment inside it says why")
+        offenders, f"a function holds at most {MAX_FUNCTION_LINES} lines of code (docstrings, "
+                   "comments and blank lines aside) unless a '# long: <why>' comment says why")
+
+
+def test_the_size_rule_counts_code_not_prose():
+    text = ('def f():\n    """Doc.\n\n    More doc.\n    """\n    # why\n\n    x = 1\n'
+            '    return x\n')
+    tree = ast.parse(text)
+    assert _code_lines(tree.body[0], text.splitlines()) == 3
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -103,10 +127,10 @@ def test_no_module_imports_a_private_name(package):
 
 def test_only_the_cli_imports_click():
     offenders = [f"{path}:{node.lineno}: imports {module}"
-                 for path, _, tree in _all_sources() if path != "hpo/cli.py"
+                 for path, _, tree in _all_sources() if not path.startswith("hpo/cli/")
                  for node in ast.walk(tree) for module in _imported_modules(node)
                  if _is_in(module, "click")]
-    assert not offenders, _report(offenders, "only hpo/cli.py imports click; raise an HpoError "
+    assert not offenders, _report(offenders, "only hpo/cli/ imports click; raise an HpoError "
                                              "and let the CLI turn it into a message")
 
 
@@ -141,7 +165,7 @@ def test_only_the_objective_runs_fit():
             elif (isinstance(node, ast.Attribute) and node.attr == "fit"
                   and _dotted_root(node.value) in bound):
                 offenders.append(f"{path}:{node.lineno}: {ast.unparse(node)}")
-    assert not offenders, _report(offenders, "only hpo/objective.py runs trainer.fit (and "
+    assert not offenders, _report(offenders, "only hpo/run/objective.py runs trainer.fit (and "
                                              "bench/throughput.py, which times it)")
 
 
@@ -206,3 +230,132 @@ def test_import_contracts_hold(capsys):
     code = cli.lint_imports(config_filename=str(REPO / "pyproject.toml"), no_cache=True,
                             no_logo=True)
     assert code == 0, capsys.readouterr().out
+
+
+# The layers of hpo, top to bottom (pyproject.toml's "layers" contract says the same).
+LAYERS = ("hpo.cli", "hpo.ops", "hpo.ensemble", "hpo.run", "hpo.studyfile", "hpo.store",
+          "hpo.errors")
+
+
+def _module_name(path: str) -> str:
+    parts = list(Path(path).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Every import between modules of hpo and trainer, in functions too (TYPE_CHECKING aside),
+    relative ones resolved; an edge to a package's ``__init__`` names the package."""
+    modules = {_module_name(path): (path, tree)
+               for package in ("hpo", "trainer") for path, _, tree in _sources(package)}
+
+    def resolve(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for module, (path, tree) in modules.items():
+        package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
+        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                       and "TYPE_CHECKING" in ast.unparse(node.test)
+                       for child in node.body for n in ast.walk(child)}
+        targets = set()
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            targets.update(t for t in map(resolve, names) if t and t != module)
+        graph[module] = targets
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def _without_package_edges(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Edges to a package's ``__init__`` dropped: a package that gathers its modules is not
+    a cycle with them (the import system loads the package first either way)."""
+    packages = {m for m in graph if any(other.startswith(m + ".") for other in graph)}
+    return {m: {t for t in targets if t not in packages} for m, targets in graph.items()}
+
+
+def test_no_import_cycles():
+    cycles = _cycles(_without_package_edges(_import_graph()))
+    assert not cycles, _report([" <-> ".join(c) for c in cycles],
+                               "no import cycles (function-level imports count too); move the "
+                               "shared name down to the layer both use")
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def _layer(module: str) -> int | None:
+    return next((i for i, layer in enumerate(LAYERS) if _is_in(module, layer)), None)
+
+
+def test_nothing_imports_upward_across_the_layers():
+    offenders = []
+    for module, targets in _import_graph().items():
+        own = _layer(module)
+        if own is None:
+            continue
+        offenders += [f"{module} -> {target}" for target in sorted(targets)
+                      if (_layer(target) is not None and _layer(target) < own)]
+    assert not offenders, _report(offenders, "imports flow down: " + " > ".join(LAYERS))
+
+
+def test_every_hpo_module_sits_in_a_layer():
+    loose = [m for m in _import_graph() if _is_in(m, "hpo") and m != "hpo" and _layer(m) is None]
+    assert not loose, _report(loose, "every module of hpo belongs to one of " + ", ".join(LAYERS))
+
+
+def test_the_layers_contract_bites(tmp_path):
+    """An upward import (the store reaching for the CLI) breaks pyproject's layers contract."""
+    pytest.importorskip("importlinter")
+    for package in ("trainer", "hpo"):
+        shutil.copytree(REPO / package, tmp_path / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    line = _append(tmp_path / "hpo" / "store" / "records.py", "import hpo.run.study  # noqa")
+    out = _lint_imports_in(tmp_path)
+    report = out.stdout + out.stderr
+    assert out.returncode != 0, report
+    assert "hpo in layers: cli > ops > ensemble > run > studyfile > store > errors BROKEN" \
+        in report, report
+    assert f"hpo.store.records -> hpo.run.study (l.{line})" in report, report

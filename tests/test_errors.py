@@ -1,4 +1,8 @@
-"""Every bad input of docs/errors.md through the real CLI: one line, exit 1, nothing lost.
+"""Every bad input of docs/errors.md through the CLI: one line, exit 1, nothing lost.
+
+Refusals run the click command in-process (``hpo_cli``, ``trainer_cli``: the same output, exit
+code and strictness as a process); the checks that no password reaches the screen keep a real
+process, whose every byte of output they see.
 
 Each case's message must also appear in docs/errors.md, so the table stays true.
 """
@@ -7,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sys
 
 import optuna
 import pandas as pd
@@ -15,12 +18,12 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from hpo.budget import Budget
 from hpo.errors import HpoError
-from hpo.study import create_or_resume
-from hpo.studyfiles import load_study_spec
-from hpo.worker import run_worker
-from tests.conftest import REPO, cli, tiny_raw
+from hpo.run.budget import Budget
+from hpo.run.study import create_or_resume
+from hpo.run.worker import run_worker
+from hpo.studyfile.files import load_study_spec
+from tests.conftest import REPO, cli, hpo_cli, tiny_raw, trainer_cli
 
 DOC = (REPO / "docs" / "errors.md").read_text().replace("\\|", "|")  # table escapes
 LR = "space:\n  optim.lr: {type: float, low: 0.001, high: 0.1}\n"
@@ -44,6 +47,9 @@ STUDY_CASES = {
               r"a timm model (did you mean efficientnetv2_rw_t"),
     "unknown loss": ("n_trials: 3\nfixed: {loss: {weights: {focall: 1.0}}}\n" + LR,
                      r"bad.yaml: fixed: unknown loss 'focall'; valid losses: ce, f1, focal"),
+    "duplicate key": ("n_trials: 3\n" + LR + "n_trials: 5\n",
+                      "bad.yaml: key 'n_trials' is given twice (lines 1 and 4); YAML would keep "
+                      "only the last silently, so keep one of them"),
 }
 
 
@@ -66,16 +72,16 @@ def test_bad_study_files(case, tmp_path):
     text, message = STUDY_CASES[case]
     (tmp_path / "bad.yaml").write_text(text)
     db = tmp_path / "hpo.db"
-    out = cli("launch", "--study", str(tmp_path / "bad.yaml"), "--storage", f"sqlite:///{db}",
-              cwd=tmp_path)
+    out = hpo_cli("launch", "--study", str(tmp_path / "bad.yaml"), "--storage",
+                  f"sqlite:///{db}", cwd=tmp_path)
     _assert_one_line(out, message)
     assert not db.exists()  # refused before touching the storage
     _in_doc(message)
 
 
 def test_missing_data_dir(tmp_path):
-    out = cli("launch", "--study", "smoke", "--data", str(tmp_path / "nope"),
-              "--storage", f"sqlite:///{tmp_path}/hpo.db")
+    out = hpo_cli("launch", "--study", "smoke", "--data", str(tmp_path / "nope"),
+                  "--storage", f"sqlite:///{tmp_path}/hpo.db")
     message = "nope does not exist; set data.train_dir (or --data) to the competition's train"
     _assert_one_line(out, message)
     _in_doc(message)
@@ -83,26 +89,23 @@ def test_missing_data_dir(tmp_path):
 
 def test_data_dir_without_person_folders(tmp_path):
     (tmp_path / "train" / "images" / "holiday_photos").mkdir(parents=True)
-    out = cli("launch", "--study", "smoke", "--data", str(tmp_path / "train"),
-              "--storage", f"sqlite:///{tmp_path}/hpo.db")
+    out = hpo_cli("launch", "--study", "smoke", "--data", str(tmp_path / "train"),
+                  "--storage", f"sqlite:///{tmp_path}/hpo.db")
     message = "folder name 'holiday_photos' in "
     _assert_one_line(out, message)
     assert "does not parse; rename it as <id>_<male|female>_<race>_<age>" in out.stderr
     _in_doc("does not parse; rename it as <id>_<male|female>_<race>_<age>")
     (tmp_path / "train" / "images" / "holiday_photos").rmdir()
-    out = cli("launch", "--study", "smoke", "--data", str(tmp_path / "train"),
-              "--storage", f"sqlite:///{tmp_path}/hpo.db")
+    out = hpo_cli("launch", "--study", "smoke", "--data", str(tmp_path / "train"),
+                  "--storage", f"sqlite:///{tmp_path}/hpo.db")
     _assert_one_line(out, "no person folders in")
     _in_doc("no person folders in")
 
 
 def _run_trainer(tmp_path, train_dir):
-    import subprocess
-
     raw = tiny_raw(train_dir, tmp_path / "run", tmp_path / "cache")
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
-    return subprocess.run([sys.executable, "-m", "trainer", str(tmp_path / "cfg.yaml")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    return trainer_cli(str(tmp_path / "cfg.yaml"))
 
 
 def test_truncated_and_empty_images_are_skipped_with_a_warning(tiny_data, tmp_path):
@@ -148,8 +151,8 @@ def one_trial(tiny_data, tmp_path_factory):
 
 
 def _predict(one_trial, eval_dir, out_csv):
-    return cli("predict", "--study", one_trial["study"], "--trial", "0", "--data", str(eval_dir),
-               "--out", str(out_csv), "--device", "cpu", *one_trial["args"])
+    return hpo_cli("predict", "--study", one_trial["study"], "--trial", "0", "--data",
+                   str(eval_dir), "--out", str(out_csv), "--device", "cpu", *one_trial["args"])
 
 
 def test_missing_eval_image(one_trial, tiny_data, tmp_path):
@@ -177,8 +180,8 @@ def test_duplicate_image_id(one_trial, tiny_data, tmp_path):
 
 
 def test_changed_checkpoint(one_trial, tiny_data, tmp_path):
-    promoted = cli("promote", "--study", one_trial["study"], "--name", "errs",
-                   *one_trial["args"])
+    promoted = hpo_cli("promote", "--study", one_trial["study"], "--name", "errs",
+                       *one_trial["args"])
     assert promoted.returncode == 0, promoted.stderr
     art = tmp_path / "art"
     shutil.copytree(one_trial["root"] / "art", art)
@@ -186,8 +189,8 @@ def test_changed_checkpoint(one_trial, tiny_data, tmp_path):
     ckpt = art / "store" / trial.system_attrs["hpo:artifacts"]["best.pt"]
     with open(ckpt, "ab") as f:
         f.write(b"\0")
-    out = cli("predict", "--ensemble", "errs", "--data", str(tiny_data / "eval"), "--out",
-              str(tmp_path / "sub.csv"), "--artifacts", str(art), "--device", "cpu")
+    out = hpo_cli("predict", "--ensemble", "errs", "--data", str(tiny_data / "eval"), "--out",
+                  str(tmp_path / "sub.csv"), "--artifacts", str(art), "--device", "cpu")
     _assert_one_line(out, "changed since promotion")
     assert not (tmp_path / "sub.csv").exists()
     _in_doc("changed since promotion")
@@ -196,8 +199,8 @@ def test_changed_checkpoint(one_trial, tiny_data, tmp_path):
 def test_promote_without_completed_trials(tmp_path):
     storage = f"sqlite:///{tmp_path}/hpo.db"
     create_or_resume(load_study_spec("smoke"), storage=storage, heartbeat_interval=None)
-    out = cli("promote", "--study", "smoke", "--storage", storage, "--artifacts",
-              str(tmp_path / "art"))
+    out = hpo_cli("promote", "--study", "smoke", "--storage", storage, "--artifacts",
+                  str(tmp_path / "art"))
     _assert_one_line(out, "study smoke has no completed trial; run hpo launch --study smoke")
     _in_doc("has no completed trial; run hpo launch --study")
 
@@ -225,7 +228,7 @@ def test_refused_login_is_masked(postgres_url):
 def test_reading_without_a_database_creates_nothing(tmp_path):
     for args in (("status", "--study", "smoke"), ("best", "--study", "smoke"),
                  ("promote", "--study", "smoke"), ("dashboard", "--port", "1")):
-        out = cli(*args, cwd=tmp_path)
+        out = hpo_cli(*args, cwd=tmp_path)
         _assert_one_line(out, "no study database at hpo.db (storage sqlite:///hpo.db), so no")
         assert list(tmp_path.iterdir()) == []
     _in_doc("so no study 'smoke' there; start one with: hpo launch --study smoke")
@@ -237,8 +240,8 @@ def test_an_unwritable_artifact_folder_stops_before_anything_is_created(tiny_dat
         (tmp_path / "afile").write_text("not a folder")
         if why == "Permission denied" and os.access("/sys", os.W_OK):
             continue  # this machine lets us write to /sys: nothing to test there
-        out = cli("launch", "--study", "smoke", "--data", str(tiny_data / "train"),
-                  "--storage", f"sqlite:///{tmp_path}/hpo.db", "--artifacts", target)
+        out = hpo_cli("launch", "--study", "smoke", "--data", str(tiny_data / "train"),
+                      "--storage", f"sqlite:///{tmp_path}/hpo.db", "--artifacts", target)
         _assert_one_line(out, f"cannot write to the artifact folder {target}")
         assert why in out.stderr
         assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
@@ -246,7 +249,7 @@ def test_an_unwritable_artifact_folder_stops_before_anything_is_created(tiny_dat
 
 
 def test_room_for_a_trial_is_twice_the_largest_checkpoint(tmp_path):
-    from hpo.diskcheck import FIRST_TRIAL_BYTES, check_room, room_needed
+    from hpo.run.diskcheck import FIRST_TRIAL_BYTES, check_room, room_needed
 
     assert room_needed(tmp_path) == FIRST_TRIAL_BYTES
     (tmp_path / "store").mkdir()

@@ -100,7 +100,7 @@ def test_installed_package_and_studies_are_found(installed):
     root = Path(installed["root"]).resolve()
     out = run([str(python), "-c", "import hpo; print(hpo.__file__)"], cwd=tmp, env=env)
     assert Path(out.stdout.strip()).resolve().is_relative_to(root), out.stdout
-    code = ("from hpo.studyfiles import find_study_file, list_studies, load_study_spec; "
+    code = ("from hpo.studyfile.files import find_study_file, list_studies, load_study_spec; "
             "print(find_study_file('smoke')); print(','.join(list_studies())); "
             "print(load_study_spec('smoke').n_trials)")
     found, names, n_trials = run([str(python), "-c", code], cwd=tmp, env=env).stdout.split()

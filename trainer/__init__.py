@@ -24,7 +24,7 @@ _EXPORTS = {
     "PreparedData": "trainer.data",
     "TrainConfig": "trainer.config",
     "TrainerError": "trainer.errors",
-    "TrainingDiverged": "trainer.engine",
+    "TrainingDiverged": "trainer.errors",
     "WeightsSource": "trainer.weights",
     "age_bin": "trainer.layout",
     "build_cache": "trainer.cache",

@@ -32,10 +32,54 @@ __all__ = [
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` through a temporary file, so ``path`` is never left half written."""
+    """``torch.save`` through a temporary file, so ``path`` is never left half written.
+
+    Raises:
+        OSError: the file cannot be written (a read-only or full disk), with the real errno:
+            torch reports both as a ``RuntimeError`` from its zip writer that names neither.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
+    try:
+        torch.save(obj, tmp)
+    except RuntimeError as exc:
+        _discard(tmp)
+        cause = _write_cause(tmp) if _writer_failed(exc) else None
+        if cause is None:
+            raise
+        raise OSError(cause.errno, f"{cause.strerror} (torch.save could not write the "
+                      "checkpoint)", str(path)) from None
+    except OSError:
+        _discard(tmp)
+        raise
     os.replace(tmp, path)  # a crash mid-save never leaves a truncated checkpoint behind
+
+
+def _discard(tmp: Path) -> None:
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only folder holds no half-written file to remove
+
+
+def _writer_failed(exc: RuntimeError) -> bool:
+    """torch's zip writer could not write (a read-only or full disk looks like this)."""
+    text = str(exc)
+    return any(s in text for s in ("unexpected pos", "PytorchStreamWriter failed",
+                                   "file write failed", "inline_container"))
+
+
+def _write_cause(tmp: Path) -> OSError | None:
+    """Why the folder takes no file: a plain write of the same file, to read its errno."""
+    try:
+        with open(tmp, "wb") as f:
+            f.write(bytes(1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        return err
+    finally:
+        _discard(tmp)
+    return None
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:

@@ -366,10 +366,12 @@ def _validate(cfg: TrainConfig) -> None:
 
 
 def _validate_names(cfg: TrainConfig) -> None:
+    # Imported here, not at the top: timm and albumentations take seconds to import, and a
+    # config is often read (hpo status, study files) without being validated.
     from timm.optim import list_optimizers
 
     from trainer.augment import list_augmentations
-    from trainer.models import check_model_name
+    from trainer.model_names import check_model_name
 
     augs = list_augmentations()
     _check(cfg.data.augmentation in augs, f"data.augmentation is {cfg.data.augmentation!r}, "

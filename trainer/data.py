@@ -7,7 +7,6 @@ memory, and are converted, augmented and normalised on the device.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,12 +189,17 @@ def make_loader(dataset: BatchSet, sampler: EpochBatches, workers: int,
 
 
 def loader_workers(cfg: TrainConfig, device: torch.device) -> int:
-    """Loader processes: the configured number, else none on the CPU and a few per GPU."""
+    """Loader processes: the configured number, else none on the CPU and a few per GPU.
+
+    On a GPU, the process's thread budget bounds them (``torch.get_num_threads()``: every core
+    when alone, a worker's share when ``hpo`` runs several on one machine), less one for the
+    training loop itself.
+    """
     if cfg.data.num_workers is not None:
         return cfg.data.num_workers
     if device.type != "cuda":
         return 0  # on the CPU the model is the bottleneck; workers only cost start-up time
-    return max(1, min(12, (os.cpu_count() or 2) - 2))
+    return max(1, min(12, torch.get_num_threads() - 1))
 
 
 @dataclass

@@ -32,21 +32,17 @@ from trainer.checkpoint import (
 from trainer.config import TrainConfig, save_config
 from trainer.data import Loaders, PreparedData, Preprocess, make_loaders, prepare_data
 from trainer.device import amp_dtype, autocast, configure_backends, device_name, resolve_device
-from trainer.errors import TrainerError
+from trainer.errors import TrainerError, TrainingDiverged
 from trainer.losses import create_loss_mix
 from trainer.metrics import classification_metrics
 from trainer.models import create_model, normalization
 from trainer.state import RunState
 
-__all__ = ["EpochCallback", "FitResult", "TrainingDiverged", "fit"]
+__all__ = ["EpochCallback", "FitResult", "fit"]
 
 log = logging.getLogger("trainer")
 _SYNC_EVERY = 50
 EpochCallback = Callable[[int, dict[str, float]], Any]
-
-
-class TrainingDiverged(TrainerError):
-    """The training loss became NaN or infinite."""
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Errors raised by the trainer for user mistakes (bad config, bad data)."""
 from __future__ import annotations
 
-__all__ = ["TrainerError", "ConfigError", "DataError"]
+__all__ = ["TrainerError", "ConfigError", "DataError", "TrainingDiverged"]
 
 
 class TrainerError(Exception):
@@ -14,3 +14,7 @@ class ConfigError(TrainerError, ValueError):
 
 class DataError(TrainerError):
     """The dataset on disk is unusable (bad layout, unreadable images, empty)."""
+
+
+class TrainingDiverged(TrainerError):
+    """The training loss became NaN or infinite."""

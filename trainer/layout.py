@@ -52,6 +52,14 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 GENDERS = {"male": 0, "female": 1}
 _FOLDER = re.compile(r"^(?P<id>[^_]+)_(?P<gender>[A-Za-z]+)_(?P<race>[^_]+)_(?P<age>\d+)$")
 _FOLDER_HELP = "<id>_<male|female>_<race>_<age>, e.g. 000001_female_Asian_45"
+# info.csv is untrusted: an ImageID is a path under eval/images (usually a bare file name) whose
+# every name is at most MAX_NAME_BYTES (UTF-8), the limit of ext4, APFS and NTFS, and whose whole
+# is at most MAX_IMAGE_ID_BYTES; a longer one is refused before the file system sees it.
+MAX_NAME_BYTES = 255
+MAX_IMAGE_ID_BYTES = 1024
+# An error message shows at most this many characters of an ImageID, or of a link's target.
+_SHOWN_CHARS = 60
+_SHOWN_TARGET_CHARS = 240
 
 
 def age_bin(age: int | np.ndarray,
@@ -226,10 +234,12 @@ def scan_train(
 def read_eval(eval_dir: str | Path) -> pd.DataFrame:
     """Read ``eval/info.csv`` and resolve each ImageID under ``eval/images``.
 
-    info.csv comes with the data, so it is read as untrusted input: it must be UTF-8 CSV whose
-    rows have no more fields than its header, and every ImageID must name a file inside
-    ``eval/images`` (no ``..`` part, not absolute). The check is on the name itself: symbolic
-    links that the folder's owner put inside ``images/`` are followed as usual.
+    info.csv and the images come with the data, so they are read as untrusted input: info.csv
+    must be UTF-8 CSV whose rows have no more fields than its header, and every ImageID must
+    name a file inside ``eval/images`` (no ``..`` part, not absolute, no control character,
+    names of at most :data:`MAX_NAME_BYTES` bytes, at most :data:`MAX_IMAGE_ID_BYTES` in all).
+    A symbolic link inside ``images/`` is followed only when it leads to a file inside
+    ``images/`` (``images/`` itself may be a link); one that leads outside is refused.
 
     Args:
         eval_dir: the eval folder (holding ``info.csv`` and ``images/``) or the dataset root
@@ -240,8 +250,9 @@ def read_eval(eval_dir: str | Path) -> pd.DataFrame:
 
     Raises:
         DataError: no info.csv, an empty one, one that is not UTF-8 or not CSV, a row with more
-            fields than the header or a blank ImageID, a duplicate ImageID, an ImageID outside
-            ``images/``, or a missing image.
+            fields than the header or a blank ImageID, an ImageID outside ``images/``, too long
+            or holding a control character, a duplicate ImageID, an image that links outside
+            ``images/`` or cannot be checked (permissions, a link loop), or a missing image.
     """
     root = Path(eval_dir).expanduser()
     info = root / "info.csv"
@@ -253,14 +264,17 @@ def read_eval(eval_dir: str | Path) -> pd.DataFrame:
     rows = _info_rows(info)
     if not rows:
         raise DataError(f"{info} lists no images; it must list ImageID,ans with one row per image")
+    images = root / "images"
+    paths = [_eval_image(images, name, info=info, line=line) for line, name in rows]
     ids = pd.Series([name for _, name in rows], dtype=object)
     dup = ids[ids.duplicated()]
     if len(dup):
         raise DataError(f"{info} lists ImageID {dup.iloc[0]} more than once "
                         f"({int(ids.duplicated().sum())} duplicates); remove them")
-    images = root / "images"
-    paths = [_eval_image(images, name, info=info, line=line) for line, name in rows]
-    missing = [p for p in paths if not p.is_file()]
+    images_real = _checked(images.resolve, what=f"eval folder {images}",
+                           fix="fix its permissions or point --data at another eval folder")
+    missing = [p for (line, name), p in zip(rows, paths)
+               if not _eval_file(images_real, p, name, info=info, line=line)]
     if missing:
         raise DataError(f"eval image {missing[0]} is missing ({len(missing)} of {len(paths)} "
                         "listed in info.csv are missing); restore it or remove its row")
@@ -312,11 +326,58 @@ def _info_rows(info: Path) -> list[tuple[int, str]]:
     return rows
 
 
+def _shown(text: str) -> str:
+    """``text`` quoted, its middle cut to ``...`` when longer than :data:`_SHOWN_CHARS`."""
+    return repr(_clip(text))
+
+
+def _clip(text: str, limit: int = _SHOWN_CHARS) -> str:
+    """``text``, or its start and end around ``...`` when longer than ``limit`` characters."""
+    half = (limit - 3) // 2
+    return text if len(text) <= limit else f"{text[:half]}...{text[-half:]}"
+
+
 def _eval_image(images: Path, name: str, *, info: Path, line: int) -> Path:
-    """``images / name``, refusing a name that would leave ``images`` (checked lexically)."""
+    """``images / name``, refusing a name that would leave ``images``, is too long or holds a
+    control character (checked lexically, before the file system sees it)."""
+    where = f"{info} line {line}: ImageID {_shown(name)}"
     parts = Path(name).parts
     if Path(name).is_absolute() or ".." in parts or "\0" in name or not parts:
-        raise DataError(f"{info} line {line}: ImageID {name!r} is not a file inside {images} "
-                        "(an ImageID is a file name under images/, with no '..' part and no "
-                        "leading '/'); fix the row or remove it")
+        raise DataError(f"{where} is not a file inside {images} (an ImageID is a file name "
+                        "under images/, with no '..' part and no leading '/'); fix the row or "
+                        "remove it")
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > MAX_IMAGE_ID_BYTES or any(len(p.encode("utf-8", "surrogateescape"))
+                                        > MAX_NAME_BYTES for p in parts):
+        raise DataError(f"{where} is too long ({size} bytes; a file name may be at most "
+                        f"{MAX_NAME_BYTES} bytes, a whole ImageID at most {MAX_IMAGE_ID_BYTES}); "
+                        "rename the image to a shorter name and fix the row, or remove the row")
+    control = next((c for c in name if ord(c) < 32 or ord(c) == 127), None)
+    if control is not None:
+        raise DataError(f"{where} holds the control character {control!r}; rename the image "
+                        "without it and fix the row, or remove the row")
     return images / name
+
+
+def _checked(call, *, what: str, fix: str):
+    """``call()``, with an OSError (or Python 3.11's symlink-loop RuntimeError) as a DataError."""
+    try:
+        return call()
+    except RuntimeError:  # Path.resolve before Python 3.13: a loop of symbolic links
+        why = "a loop of symbolic links"
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+    raise DataError(f"{what} cannot be checked ({why}); {fix}")
+
+
+def _eval_file(images_real: Path, path: Path, name: str, *, info: Path, line: int) -> bool:
+    """Whether the eval image ``path`` is a file; refuses one whose links lead outside
+    ``images_real`` (the resolved images folder) and turns any OSError into a DataError."""
+    what = f"{info} line {line}: eval image images/{_clip(name)}"
+    fix = "replace it with a regular image file inside images/, or remove the row"
+    real = _checked(path.resolve, what=what, fix=fix)
+    if not real.is_relative_to(images_real):
+        target = _clip(str(real), _SHOWN_TARGET_CHARS)
+        raise DataError(f"{what} is a link to {target}, outside images/; copy the file into "
+                        "images/ instead of linking to it")
+    return bool(_checked(real.is_file, what=what, fix=fix))

@@ -1,18 +1,16 @@
 """Models: any timm backbone with an 18-way head or a mask/gender/age multi-task head."""
 from __future__ import annotations
 
-import difflib
 import logging
-from functools import cache
 
 import timm
 import torch
-from timm.models import is_model, split_model_name_tag
 from torch import nn
 
 from trainer.config import ModelConfig
 from trainer.errors import ConfigError
 from trainer.layout import NUM_CLASSES
+from trainer.model_names import check_model_name
 from trainer.weights import WeightsSource, find_weights, resolve_weights
 
 __all__ = [
@@ -26,22 +24,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("trainer")
-
-
-@cache
-def _all_models() -> tuple[str, ...]:
-    return tuple(timm.list_models())
-
-
-def check_model_name(name: str) -> None:
-    """Raise :class:`ConfigError` unless ``name`` (optionally ``name.tag``) is a timm model."""
-    base, _ = split_model_name_tag(name)
-    if is_model(base):
-        return
-    close = difflib.get_close_matches(base, _all_models(), n=3, cutoff=0.6)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise ConfigError(f"model.name is {name!r}, which is not a timm model{hint}; "
-                      "list valid names with timm.list_models('pattern*')")
 
 
 class MultiTaskHead(nn.Module):

@@ -20,6 +20,7 @@ from timm.models import get_pretrained_cfg, split_model_name_tag
 
 from trainer.config import ModelConfig
 from trainer.errors import ConfigError
+from trainer.model_names import check_model_name
 
 __all__ = ["WEIGHT_SUFFIXES", "WeightsSource", "find_weights", "hub_offline", "resolve_weights"]
 
@@ -254,9 +255,6 @@ def resolve_weights(cfg: ModelConfig, *, hub_timeout: float = 3.0) -> WeightsSou
     Raises:
         ConfigError: ``cfg.name`` is not a timm model.
     """
-    # Imported here: trainer.models builds models from what this module resolves.
-    from trainer.models import check_model_name
-
     check_model_name(cfg.name)
     if cfg.pretrained_file is not None:
         path = Path(cfg.pretrained_file).expanduser()

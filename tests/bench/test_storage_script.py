@@ -47,8 +47,8 @@ def test_side_by_side_on_sqlite(tmp_path):
     # run_worker's trial adds a handful of writes to Optuna's own (start, progress, results,
     # heartbeat), not one per attribute (that was 30+).
     assert bare_writes < float(match.group(2)) <= bare_writes + 7, (
-        "run_worker wrote attributes one transaction each: hpo/worker.py must hand the "
-        "study's storage to the Objective (storage=hpo.storage.storage_of(study))\n"
+        "run_worker wrote attributes one transaction each: hpo/run/worker.py must hand the "
+        "study's storage to the Objective (storage=hpo.store.storage.storage_of(study))\n"
         + out.stdout)
     table = lines[lines.index(next(x for x in lines if x.startswith("SIDE BY SIDE"))) + 1:]
     assert table[0].split()[:4] == ["storage", "run", "trials", "ms/trial"]

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.conftest import REPO, cli
+from tests.conftest import REPO, hpo_cli
 
 DOC = (REPO / "docs" / "errors.md").read_text()
 
@@ -29,8 +29,8 @@ def failed(tiny_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("failing")
     (root / "failing.yaml").write_text(yaml.safe_dump(FAILING))
     args = ["--storage", f"sqlite:///{root}/hpo.db", "--artifacts", str(root / "artifacts")]
-    out = cli("launch", "--study", str(root / "failing.yaml"), "--data",
-              str(tiny_data / "train"), "--workers", "2", *args)
+    out = hpo_cli("launch", "--study", str(root / "failing.yaml"), "--data",
+                  str(tiny_data / "train"), "--workers", "2", *args)
     return {"root": root, "args": args, "out": out}
 
 
@@ -58,24 +58,24 @@ def test_retry_queues_the_failed_trials_and_delete_removes_the_study(failed):
     args = failed["args"]
     storage = args[1]
     n_failed = len(optuna.load_study(study_name="failing", storage=storage).trials)
-    out = cli("retry", "--study", "failing", *args[:2])
+    out = hpo_cli("retry", "--study", "failing", *args[:2])
     assert out.returncode == 0, out.stderr
     assert f"queued {n_failed} failed trial(s) of failing again" in out.stdout
     study = optuna.load_study(study_name="failing", storage=storage)
     waiting = [t for t in study.trials if t.state == TrialState.WAITING]
     assert len(waiting) == n_failed
     assert {t.system_attrs["failed_trial"] for t in waiting} == set(range(n_failed))
-    assert "no failed trial to retry" in cli("retry", "--study", "failing", *args[:2]).stdout
+    assert "no failed trial to retry" in hpo_cli("retry", "--study", "failing", *args[:2]).stdout
 
-    refused = cli("delete", "--study", "failing", *args)  # no --yes, no terminal: aborts
+    refused = hpo_cli("delete", "--study", "failing", *args)  # no --yes, no terminal: aborts
     assert refused.returncode == 1
     assert optuna.study.get_all_study_names(storage) == ["failing"]
-    out = cli("delete", "--study", "failing", "--yes", *args)
+    out = hpo_cli("delete", "--study", "failing", "--yes", *args)
     assert out.returncode == 0, out.stderr
     assert "deleted study failing" in out.stdout
     assert optuna.study.get_all_study_names(storage) == []
     assert not (failed["root"] / "artifacts" / "trials" / "failing").exists()
-    again = cli("delete", "--study", "failing", "--yes", *args)
+    again = hpo_cli("delete", "--study", "failing", "--yes", *args)
     assert again.returncode == 1 and "study 'failing' does not exist" in again.stderr
     assert "`hpo retry`, `hpo delete`" in DOC
     assert len(again.stderr.strip().splitlines()) == 1

@@ -1,4 +1,8 @@
-"""The study service through the real CLI, as users run it (subprocesses, SQLite file)."""
+"""The study service through the CLI, as users run it (SQLite file).
+
+Commands run in-process (``hpo_cli``: the output, exit code and strictness of a process; a
+launch still starts real worker processes); a real process where the behaviour needs one: a
+server (dashboard) and the check that no password reaches any output."""
 from __future__ import annotations
 
 import json
@@ -12,19 +16,16 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.trial_record import artifact_ids, trial_epochs_run, trial_versions
-from tests.conftest import REPO, cli
+from hpo.store.records import artifact_ids, trial_epochs_run, trial_versions
+from tests.conftest import REPO, cli, copy_launch, hpo_cli
 
 
 @pytest.fixture(scope="module")
-def smoke(tiny_data, tmp_path_factory):
-    """The shipped smoke study, 3 trials, run once through `hpo launch`."""
-    root = tmp_path_factory.mktemp("smoke")
-    storage = f"sqlite:///{root}/hpo.db"
-    args = ["--storage", storage, "--artifacts", str(root / "artifacts")]
-    out = cli("launch", "--study", "smoke", "--data", str(tiny_data / "train"),
-              "--n-trials", "3", *args)
-    return {"out": out, "storage": storage, "args": args, "root": root}
+def smoke(smoke_launch, tmp_path_factory):
+    """The shipped smoke study, 3 trials, run once through `hpo launch` (the session's launch;
+    this module's own copy of the study)."""
+    return {"out": smoke_launch["out"],
+            **copy_launch(smoke_launch, tmp_path_factory.mktemp("smoke"))}
 
 
 @pytest.mark.slow
@@ -54,24 +55,24 @@ def test_launch_runs_the_smoke_study(smoke):
 
 @pytest.mark.slow
 def test_status_and_best_print_the_trials(smoke):
-    status = cli("status", "--study", "smoke", *smoke["args"][:2])
+    status = hpo_cli("status", "--study", "smoke", *smoke["args"][:2])
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
     assert lines[0] == "study smoke: 3 trials (f1, maximize)"
     assert "state" in lines[1] and "params" in lines[1]
     assert sum(" COMPLETE " in line or " PRUNED " in line for line in lines) == 3
     assert lines[-1].startswith("best: trial ")
-    best = cli("best", "--study", "smoke", *smoke["args"][:2])
+    best = hpo_cli("best", "--study", "smoke", *smoke["args"][:2])
     assert best.returncode == 0, best.stderr
     assert best.stdout.startswith("best trial ") and "optim.lr = " in best.stdout
-    studies = cli("studies", *smoke["args"][:2])
+    studies = hpo_cli("studies", *smoke["args"][:2])
     assert "smoke" in studies.stdout and "trials 3" in studies.stdout
 
 
 @pytest.mark.slow
 def test_resuming_adds_trials(smoke, tiny_data):
-    out = cli("launch", "--study", "smoke", "--data", str(tiny_data / "train"),
-              "--n-trials", "4", *smoke["args"])
+    out = hpo_cli("launch", "--study", "smoke", "--data", str(tiny_data / "train"),
+                  "--n-trials", "4", *smoke["args"])
     assert out.returncode == 0, out.stderr
     assert "3 trials so far" in out.stdout
     study = optuna.load_study(study_name="smoke", storage=smoke["storage"])
@@ -79,7 +80,7 @@ def test_resuming_adds_trials(smoke, tiny_data):
     assert [t.number for t in study.trials] == [0, 1, 2, 3]
     # a relaunch does not replay the first launch's proposals
     assert len({json.dumps(t.params, sort_keys=True) for t in study.trials}) == 4
-    again = cli("launch", "--study", "smoke", "--n-trials", "4", *smoke["args"])
+    again = hpo_cli("launch", "--study", "smoke", "--n-trials", "4", *smoke["args"])
     assert again.returncode == 0, again.stderr
     assert "budget met: 4/4 trials finished" in again.stdout and "best trial" in again.stdout
     assert len(optuna.load_study(study_name="smoke", storage=smoke["storage"]).trials) == 4
@@ -88,24 +89,26 @@ def test_resuming_adds_trials(smoke, tiny_data):
 def test_study_errors_are_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("n_trials: 3\nspace:\n  optim.lr: {type: float, low: 1, high: 0.1}\n")
-    out = cli("launch", "--study", str(bad), "--storage", f"sqlite:///{tmp_path}/x.db")
+    out = hpo_cli("launch", "--study", str(bad), "--storage", f"sqlite:///{tmp_path}/x.db")
     assert out.returncode == 1
     assert out.stderr.startswith("Error: ") and "low" in out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    out = cli("status", "--study", "nosuchstudy", "--storage", f"sqlite:///{tmp_path}/x.db")
+    out = hpo_cli("status", "--study", "nosuchstudy", "--storage",
+                  f"sqlite:///{tmp_path}/x.db")
     assert out.returncode == 1 and "no study database at" in out.stderr
     assert "nosuchstudy" in out.stderr and not (tmp_path / "x.db").exists()
 
 
 def test_status_of_a_study_never_launched(tmp_path):
     optuna.create_study(study_name="other", storage=f"sqlite:///{tmp_path}/x.db")
-    out = cli("status", "--study", "smoke", "--storage", f"sqlite:///{tmp_path}/x.db")
+    out = hpo_cli("status", "--study", "smoke", "--storage", f"sqlite:///{tmp_path}/x.db")
     assert out.returncode == 1
     assert "study 'smoke' does not exist" in out.stderr and "(studies there: other)" in \
         out.stderr and "hpo launch --study smoke" in out.stderr
 
 
 def test_unreachable_database_at_start(tiny_data):
+    # a real process: no byte of its output may show the password
     out = cli("launch", "--study", "smoke", "--data", str(tiny_data / "train"), "--storage",
               "postgresql://hpo:hunter2@127.0.0.1:1/studies")
     assert out.returncode == 1
@@ -116,7 +119,7 @@ def test_unreachable_database_at_start(tiny_data):
 def test_every_command_has_help():
     for command in ("launch", "worker", "studies", "status", "best", "dashboard", "promote",
                     "ensembles", "predict"):
-        out = cli(command, "--help")
+        out = hpo_cli(command, "--help")
         assert out.returncode == 0 and "--storage" in out.stdout or command == "ensembles"
 
 
@@ -158,21 +161,21 @@ def test_dashboard_serves_the_study(smoke):
 def test_shell_completion_names_studies_and_ensembles(smoke):
     env = {"_HPO_COMPLETE": "bash_complete", "HPO_STORAGE": smoke["storage"],
            "HPO_ARTIFACTS": str(smoke["root"] / "artifacts")}
-    out = cli(env={**env, "COMP_WORDS": "hpo status --study sm", "COMP_CWORD": "3"})
+    out = hpo_cli(env={**env, "COMP_WORDS": "hpo status --study sm", "COMP_CWORD": "3"})
     assert out.stdout.split() == ["plain,smoke"], out.stderr
-    out = cli(env={**env, "COMP_WORDS": "hpo launch --study ", "COMP_CWORD": "3"})
+    out = hpo_cli(env={**env, "COMP_WORDS": "hpo launch --study ", "COMP_CWORD": "3"})
     assert {"plain,smoke", "plain,effnet"} <= set(out.stdout.split())
 
 
 @pytest.mark.slow
 def test_demo_runs_the_whole_flow(tmp_path):
     """The README's one-command quickstart."""
-    out = cli("demo", str(tmp_path / "demo"), timeout=900)
+    out = hpo_cli("demo", str(tmp_path / "demo"))
     assert out.returncode == 0, out.stderr
     for line in ("1/4 making demo data", "2/4 study smoke (6 trials)", "3/4 ensemble smoke-greedy",
                  "4/4 submission (84 images)", "done: best trial f1 "):
         assert line in out.stdout, out.stdout
     assert (tmp_path / "demo" / "submission.csv").read_text().startswith("ImageID,ans\n")
-    again = cli("demo", str(tmp_path / "demo"), timeout=600)  # reuses data and study
+    again = hpo_cli("demo", str(tmp_path / "demo"))  # reuses data and study
     assert again.returncode == 0, again.stderr
     assert "(already there)" in again.stdout and "budget met: 6/6" in again.stdout

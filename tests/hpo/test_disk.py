@@ -1,4 +1,4 @@
-"""Bounded disk (DESIGN.md "Disk"): a checkpoint is kept only while something may need it.
+"""Bounded disk (docs/architecture.md): a checkpoint is kept only while something may need it.
 
 Real tiny trials (``test_resnet`` on the shared tiny dataset): pruned trials keep no
 checkpoint, a completed trial one ``best.pt`` (in the store), an interrupted trial its
@@ -29,19 +29,19 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 import trainer
-from hpo.admin import retry_failed
-from hpo.artifacts import TRIAL_FILES, ArtifactPaths
-from hpo.budget import Budget
 from hpo.cli import main
-from hpo.ensemble import promote
+from hpo.ensemble.promote import promote
 from hpo.errors import EnsembleError
-from hpo.objective import Objective
-from hpo.progress import size_text
-from hpo.storage import storage_of
-from hpo.study import create_or_resume
-from hpo.studyfiles import load_study_spec
-from hpo.trial_record import artifact_ids, trial_epochs_run
-from hpo.worker import run_worker
+from hpo.run.budget import Budget
+from hpo.run.lineage import retry_failed
+from hpo.run.objective import Objective
+from hpo.run.progress import size_text
+from hpo.run.study import create_or_resume
+from hpo.run.worker import run_worker
+from hpo.store.artifacts import TRIAL_FILES, ArtifactPaths
+from hpo.store.records import artifact_ids, trial_epochs_run
+from hpo.store.storage import storage_of
+from hpo.studyfile.files import load_study_spec
 from tests.conftest import REPO
 
 DOC = (REPO / "docs" / "errors.md").read_text().replace("\\|", "|")
@@ -198,7 +198,7 @@ def test_gc_keeps_top_and_ensemble_members_and_says_what_it_freed(disk_run, tmp_
 
     # promote leaves out the trials whose checkpoint went; a reader says why in one line
     result = promote(study, name="after-gc", method="topk", max_members=5,
-                     artifacts=run.root, storage=run.storage)
+                     artifacts=run.root)
     members = {m["trial"] for m in result.manifest["members"]}
     assert best.number in members and not members & {t.number for t in rest}
     with pytest.raises(EnsembleError) as caught:

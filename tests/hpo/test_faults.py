@@ -18,9 +18,9 @@ from optuna.trial import TrialState
 from timm.models import register_model
 from torch import nn
 
-from hpo.budget import Budget
-from hpo.studyfiles import load_study_spec
-from hpo.worker import run_worker
+from hpo.run.budget import Budget
+from hpo.run.worker import run_worker
+from hpo.studyfile.files import load_study_spec
 from tests.conftest import REPO
 
 SLOW_STUDY = {
@@ -147,7 +147,7 @@ def test_a_database_that_stays_away_stops_with_one_line(monkeypatch):
     import sqlalchemy
 
     from hpo.errors import StorageError
-    from hpo.storage import with_retries
+    from hpo.store.storage import with_retries
 
     monkeypatch.setenv("HPO_STORAGE_RETRY_SECONDS", "1")
     engine = sqlalchemy.create_engine("postgresql+psycopg://hpo@127.0.0.1:1/hpo",
@@ -174,14 +174,14 @@ def test_a_database_that_stays_away_stops_with_one_line(monkeypatch):
 
 
 def test_a_bad_retry_setting_is_one_line(tmp_path):
-    from hpo.study import create_or_resume
-    from tests.conftest import cli
+    from hpo.run.study import create_or_resume
+    from tests.conftest import hpo_cli
     from tests.test_errors import _assert_one_line, _in_doc
 
     create_or_resume(load_study_spec("smoke"), storage=f"sqlite:///{tmp_path}/hpo.db",
                      heartbeat_interval=None)
-    out = cli("status", "--study", "smoke", "--storage", f"sqlite:///{tmp_path}/hpo.db",
-              env={"HPO_STORAGE_RETRY_SECONDS": "soon"})
+    out = hpo_cli("status", "--study", "smoke", "--storage", f"sqlite:///{tmp_path}/hpo.db",
+                  env={"HPO_STORAGE_RETRY_SECONDS": "soon"})
     message = ("HPO_STORAGE_RETRY_SECONDS is 'soon', but must be a number of seconds > 0 (how "
                "long a worker waits for a lost study database); e.g. "
                "HPO_STORAGE_RETRY_SECONDS=300")

@@ -13,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.artifacts import TRIAL_FILES
+from hpo.store.artifacts import TRIAL_FILES
 from tests.conftest import REPO
 
 EPOCHS = 3

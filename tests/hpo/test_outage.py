@@ -66,7 +66,7 @@ def _both_running(trials) -> bool:
 
 
 def _epochs_run(t: optuna.trial.FrozenTrial) -> list[int] | None:
-    # a system attribute since hpo.trial_record; a user attribute before
+    # a system attribute since hpo.store.records; a user attribute before
     return t.system_attrs.get("hpo:epochs_run", t.user_attrs.get("epochs_run"))
 
 

@@ -1,5 +1,6 @@
 """Prediction: voting, one-member ensembles equal their trial, and `hpo promote` + `hpo predict`
-through the real CLI (subprocesses) with every error as one line, exit code 1, no file left."""
+through the CLI (in-process, as strict as a process) with every error as one line, exit code 1,
+no file left."""
 from __future__ import annotations
 
 import shutil
@@ -9,12 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hpo.artifacts import ArtifactPaths
-from hpo.ensemble import promote
+from hpo.ensemble.predict import combine, predict_submission
+from hpo.ensemble.promote import promote
 from hpo.errors import EnsembleError
-from hpo.manifest import file_sha256, load_manifest
-from hpo.predict import combine, predict_submission
-from tests.hpo.test_ensemble import StudyRun, assert_one_line_error, cli, shared_study_run
+from hpo.store.artifacts import ArtifactPaths, file_sha256
+from hpo.store.manifest import load_manifest
+from tests.conftest import hpo_cli
+from tests.hpo.test_ensemble import StudyRun, assert_one_line_error, shared_study_run
 from trainer import predict, read_eval
 
 
@@ -27,7 +29,7 @@ def run(tiny_data, tmp_path_factory, _session_cache) -> StudyRun:
 def pair(run) -> dict:
     """A two-member ensemble (top-k) of the study, promoted in-process."""
     result = promote(run.study(), name="pair", method="topk", max_members=2, top=3,
-                     storage=run.storage, artifacts=run.artifacts)
+                     artifacts=run.artifacts)
     assert len(result.manifest["members"]) == 2
     return result.manifest
 
@@ -71,7 +73,7 @@ def test_soft_and_hard_voting_with_weights():
 
 def test_one_member_ensemble_equals_its_trial(run, tiny_data, tmp_path):
     result = promote(run.study(), name="solo", method="topk", max_members=1, top=3,
-                     storage=run.storage, artifacts=run.artifacts)
+                     artifacts=run.artifacts)
     (member,) = result.manifest["members"]
     assert member["weight"] == 1.0
     eval_dir = tiny_data / "eval"
@@ -122,8 +124,8 @@ def test_predict_a_trial_that_is_not_there(run, tiny_data, tmp_path):
 
 @pytest.mark.slow
 def test_cli_promote_then_predict(run, tiny_data, tmp_path):
-    out = cli("promote", "--study", str(run.study_file), "--name", "cli-greedy",
-              "--max-members", "3", *run.args())
+    out = hpo_cli("promote", "--study", str(run.study_file), "--name", "cli-greedy",
+                  "--max-members", "3", *run.args())
     assert out.returncode == 0, out.stderr
     manifest = run.artifacts / "ensembles" / "cli-greedy.json"
     assert out.stdout.startswith("ensemble cli-greedy of study ens: greedy")
@@ -131,14 +133,14 @@ def test_cli_promote_then_predict(run, tiny_data, tmp_path):
     assert out.stdout.strip().endswith(f"manifest: {manifest.resolve()}")
     assert load_manifest("cli-greedy", artifacts=run.artifacts)["method"] == "greedy"
 
-    listed = cli("ensembles", "--artifacts", str(run.artifacts))
+    listed = hpo_cli("ensembles", "--artifacts", str(run.artifacts))
     assert listed.returncode == 0, listed.stderr
     assert any(line.startswith("cli-greedy ") and "study ens" in line
                for line in listed.stdout.splitlines())
 
     sub = tmp_path / "sub" / "submission.csv"
-    out = cli("predict", "--ensemble", "cli-greedy", "--data", str(tiny_data / "eval"),
-              "--out", str(sub), "--tta", "flip", "--device", "cpu", *run.args())
+    out = hpo_cli("predict", "--ensemble", "cli-greedy", "--data", str(tiny_data / "eval"),
+                  "--out", str(sub), "--tta", "flip", "--device", "cpu", *run.args())
     assert out.returncode == 0, out.stderr
     info = pd.read_csv(tiny_data / "eval" / "info.csv", dtype={"ImageID": str})
     assert out.stdout.strip() == f"wrote {len(info)} predictions to {sub}"
@@ -159,8 +161,8 @@ def test_cli_missing_eval_image(run, pair, tiny_data, tmp_path):
     gone.unlink()
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    out = cli("predict", "--ensemble", "pair", "--data", str(eval_dir), "--out",
-              str(out_dir / "s.csv"), "--device", "cpu", *run.args())
+    out = hpo_cli("predict", "--ensemble", "pair", "--data", str(eval_dir), "--out",
+                  str(out_dir / "s.csv"), "--device", "cpu", *run.args())
     assert_one_line_error(out, f"eval image {gone} is missing (1 of {len(info)} listed in "
                                "info.csv are missing); restore it or remove its row")
     _no_files_left(out_dir)
@@ -173,8 +175,8 @@ def test_cli_empty_info_csv(run, pair, tmp_path):
     (eval_dir / "info.csv").write_text("")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    out = cli("predict", "--ensemble", "pair", "--data", str(eval_dir), "--out",
-              str(out_dir / "s.csv"), "--device", "cpu", *run.args())
+    out = hpo_cli("predict", "--ensemble", "pair", "--data", str(eval_dir), "--out",
+                  str(out_dir / "s.csv"), "--device", "cpu", *run.args())
     assert_one_line_error(out, f"{eval_dir / 'info.csv'} is empty; it must list ImageID,ans "
                                "with one row per image")
     _no_files_left(out_dir)
@@ -191,8 +193,8 @@ def test_cli_checkpoint_altered_since_promotion(run, pair, tiny_data, tmp_path):
         f.write(b"\0")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    out = cli("predict", "--ensemble", "pair", "--data", str(tiny_data / "eval"), "--out",
-              str(out_dir / "s.csv"), "--device", "cpu", *run.args(artifacts))
+    out = hpo_cli("predict", "--ensemble", "pair", "--data", str(tiny_data / "eval"), "--out",
+                  str(out_dir / "s.csv"), "--device", "cpu", *run.args(artifacts))
     assert_one_line_error(out, f"checkpoint {altered} of trial {member['trial']} changed since "
                                f"promotion (sha256 {file_sha256(altered)[:16]}, manifest "
                                f"{member['sha256'][:16]}); re-run hpo promote")

@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from hpo.errors import HpoError, SpecError
-from hpo.preflight import check_models, model_variants
-from hpo.spec import StudySpec
-from hpo.studyfiles import load_study_spec, parse_study_text
+from hpo.run.preflight import check_models, model_variants
+from hpo.studyfile.files import load_study_spec, parse_study_text
+from hpo.studyfile.spec import StudySpec
 from tests.conftest import REPO, SHARED
 from trainer import ConfigError, ModelConfig, create_model
 

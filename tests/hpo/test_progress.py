@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import optuna
 
-from hpo.progress import progress_line
+from hpo.run.progress import progress_line
 
 
 def test_running_trials_show_their_epoch_and_a_metric_only_when_they_have_one(tmp_path):

@@ -5,7 +5,7 @@ files): the user attributes the dashboard shows as table columns are short scala
 written with the older layout still read, promote and predict, a checkpoint changed after its
 trial ended stops ``hpo promote`` and ``hpo predict`` in one line, and a worker SIGKILLed
 between the writes that end a trial loses nothing (``HPO_TEST_KILL_AT``, a test-only hook of
-:mod:`hpo.objective`).
+:mod:`hpo.run.objective`).
 """
 from __future__ import annotations
 
@@ -23,17 +23,16 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from hpo.admin import delete_study
-from hpo.artifacts import PENDING, TRIAL_FILES, ArtifactPaths, sweep_pending
-from hpo.budget import Budget
-from hpo.ensemble import promote
+from hpo.ensemble.predict import resolve_members
+from hpo.ensemble.promote import promote
 from hpo.errors import EnsembleError
-from hpo.manifest import file_sha256
-from hpo.predict import resolve_members
-from hpo.report import best_data
-from hpo.study import record_of
-from hpo.studyfiles import load_study_spec
-from hpo.trial_record import (
+from hpo.ops.admin import delete_study
+from hpo.ops.report import best_data
+from hpo.run.budget import Budget
+from hpo.run.study import record_of
+from hpo.run.worker import run_worker
+from hpo.store.artifacts import PENDING, TRIAL_FILES, ArtifactPaths, file_sha256, sweep_pending
+from hpo.store.records import (
     artifact_ids,
     recorded_sha256,
     recorded_value,
@@ -41,8 +40,8 @@ from hpo.trial_record import (
     trial_metrics,
     trial_versions,
 )
-from hpo.worker import run_worker
-from tests.conftest import REPO, cli
+from hpo.studyfile.files import load_study_spec
+from tests.conftest import REPO, hpo_cli
 
 DOC = (REPO / "docs" / "errors.md").read_text().replace("\\|", "|")
 
@@ -144,8 +143,7 @@ def test_a_study_of_the_old_layout_still_reads_promotes_and_predicts(done, tmp_p
     assert best_data(study, record_of(study))["metrics"]["f1"] == old.user_attrs["f1"]
     members = resolve_members(study="rec", trial=0, storage=storage, artifacts=art)
     assert members[0].checkpoint == paths.stored_path(old, "best.pt")
-    result = promote(study, name="old", method="topk", max_members=1, artifacts=art,
-                     storage=storage)
+    result = promote(study, name="old", method="topk", max_members=1, artifacts=art)
     assert [m["trial"] for m in result.manifest["members"]] == [0]
     assert result.manifest["members"][0]["metrics"] == trial_metrics(old)
 
@@ -171,12 +169,12 @@ def test_a_checkpoint_changed_after_its_trial_ended_stops_promote_and_predict(
                 f"{recorded_sha256(trial, 'best.pt')[:16]} recorded, "
                 f"{file_sha256(stored)[:16]} now); put the original file back")
 
-    promoted = cli("promote", "--study", "rec", "--name", "changed", *args)
+    promoted = hpo_cli("promote", "--study", "rec", "--name", "changed", *args)
     _one_line(promoted, expected)
     assert not (art / "ensembles" / "changed.json").exists()
-    predicted = cli("predict", "--study", "rec", "--trial", "0", "--data",
-                    str(tiny_data / "eval"), "--out", str(tmp_path / "sub.csv"),
-                    "--device", "cpu", *args)
+    predicted = hpo_cli("predict", "--study", "rec", "--trial", "0", "--data",
+                        str(tiny_data / "eval"), "--out", str(tmp_path / "sub.csv"),
+                        "--device", "cpu", *args)
     line = _one_line(predicted, expected)
     assert not (tmp_path / "sub.csv").exists()
     assert re.sub(r"^.*? now\); ", "", line) in DOC

@@ -1,7 +1,8 @@
 """``hpo refit``: a study's best configurations trained again on k person-level folds, as trials
 of the companion study ``NAME-refit``; ``hpo promote`` on it selects on out-of-fold
-probabilities and ``hpo predict`` averages each member's fold models. Real CLI subprocesses,
-a real SQLite file, real timm models and JPEG files.
+probabilities and ``hpo predict`` averages each member's fold models. The CLI in-process
+(``hpo_cli``; its launches start real worker processes) and, for the interrupted refit, as a
+real process sent SIGINT; a real SQLite file, real timm models and JPEG files.
 """
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from hpo.artifacts import ArtifactPaths
-from hpo.manifest import file_sha256
-from hpo.refit import FOLD_ATTR, REFIT_ATTR, SOURCE_ATTR
-from tests.conftest import REPO, cli, copy_sqlite
+from hpo.store.artifacts import ArtifactPaths, file_sha256
+from hpo.store.manifest import seal_manifest
+from hpo.store.records import FOLD_ATTR, REFIT_ATTR, SOURCE_ATTR
+from tests.conftest import REPO, copy_launch, copy_sqlite, hpo_cli
 
 PEOPLE = 18  # tiny_data
 DOC = (REPO / "docs" / "errors.md").read_text()
@@ -45,16 +46,14 @@ def _names(storage: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def searched(tiny_data, tmp_path_factory):
-    """The shipped smoke study, 3 trials, then a refit of its top 2 on 2 folds."""
-    root = tmp_path_factory.mktemp("refit")
-    storage = f"sqlite:///{root}/hpo.db"
-    args = ["--storage", storage, "--artifacts", str(root / "artifacts")]
-    launch = cli("launch", "--study", "smoke", "--data", str(tiny_data / "train"),
-                 "--n-trials", "3", *args)
+def searched(smoke_launch, tmp_path_factory):
+    """The shipped smoke study, 3 trials (the session's launch, copied), then a refit of its
+    top 2 on 2 folds."""
+    launch = smoke_launch["out"]
     assert launch.returncode == 0, launch.stderr
-    refit = cli("refit", "--study", "smoke", "--top", "2", "--folds", "2", *args)
-    return {"storage": storage, "args": args, "root": root, "refit": refit}
+    study = copy_launch(smoke_launch, tmp_path_factory.mktemp("refit"))
+    refit = hpo_cli("refit", "--study", "smoke", "--top", "2", "--folds", "2", *study["args"])
+    return {**study, "refit": refit}
 
 
 def _folds(storage: str) -> list[optuna.trial.FrozenTrial]:
@@ -103,7 +102,7 @@ def test_the_folds_validate_every_training_person_once(searched):
 @pytest.mark.slow
 def test_promote_selects_on_out_of_fold_and_predict_averages_the_folds(searched, tiny_data,
                                                                       tmp_path):
-    promote = cli("promote", "--study", "smoke-refit", "--name", "kfold", *searched["args"])
+    promote = hpo_cli("promote", "--study", "smoke-refit", "--name", "kfold", *searched["args"])
     assert promote.returncode == 0, promote.stderr
     assert "out of fold (2 folds, 126 images): ensemble f1 " in promote.stdout
     assert "best member trial " in promote.stdout
@@ -119,8 +118,8 @@ def test_promote_selects_on_out_of_fold_and_predict_averages_the_folds(searched,
             assert trial.user_attrs[FOLD_ATTR] == part["fold"]
             assert file_sha256(part["checkpoint"]) == part["sha256"]
     out = tmp_path / "sub.csv"
-    predict = cli("predict", "--ensemble", "kfold", "--data", str(tiny_data / "eval"),
-                  "--out", str(out), "--device", "cpu", *searched["args"][2:])
+    predict = hpo_cli("predict", "--ensemble", "kfold", "--data", str(tiny_data / "eval"),
+                      "--out", str(out), "--device", "cpu", *searched["args"][2:])
     assert predict.returncode == 0, predict.stderr
     assert predict.stderr.count(" fold ") == 2 * len(manifest["members"])
     submission = pd.read_csv(out)
@@ -129,7 +128,7 @@ def test_promote_selects_on_out_of_fold_and_predict_averages_the_folds(searched,
 
 @pytest.mark.slow
 def test_each_member_predicts_with_all_its_fold_models(searched, tiny_data):
-    from hpo.predict import member_probs, resolve_members
+    from hpo.ensemble.predict import member_probs, resolve_members
     from trainer import read_eval
 
     root = searched["root"] / "artifacts"
@@ -150,7 +149,7 @@ def test_each_member_predicts_with_all_its_fold_models(searched, tiny_data):
 @pytest.mark.slow
 def test_refit_again_resumes_and_adds_nothing(searched):
     before = len(_folds(searched["storage"]))
-    again = cli("refit", "--study", "smoke", "--top", "2", "--folds", "2", *searched["args"])
+    again = hpo_cli("refit", "--study", "smoke", "--top", "2", "--folds", "2", *searched["args"])
     assert again.returncode == 0, again.stderr
     assert "budget met" in again.stdout
     assert len(_folds(searched["storage"])) == before
@@ -158,7 +157,7 @@ def test_refit_again_resumes_and_adds_nothing(searched):
 
 @pytest.mark.slow
 def test_another_plan_for_the_same_refit_study_is_refused(searched):
-    out = cli("refit", "--study", "smoke", "--top", "2", "--folds", "3", *searched["args"])
+    out = hpo_cli("refit", "--study", "smoke", "--top", "2", "--folds", "3", *searched["args"])
     _one_line(out, "study smoke-refit already refits trials 0, 1 on 2 folds, not trials 0, 1 "
                    "on 3; finish it with the same --top/--ensemble and --folds, or hpo delete "
                    "--study smoke-refit first")
@@ -166,7 +165,7 @@ def test_another_plan_for_the_same_refit_study_is_refused(searched):
 
 @pytest.mark.slow
 def test_refit_of_a_refit_study_is_refused(searched):
-    out = cli("refit", "--study", "smoke-refit", "--folds", "2", *searched["args"])
+    out = hpo_cli("refit", "--study", "smoke-refit", "--folds", "2", *searched["args"])
     _one_line(out, "study smoke-refit is itself a refit; refit its source study smoke")
 
 
@@ -180,37 +179,37 @@ def test_a_bad_fold_count_is_one_line_and_creates_nothing(folds, fragments, tiny
                                                            tmp_path, searched):
     storage = copy_sqlite(searched["root"] / "hpo.db", tmp_path / "copy.db")
     names = _names(storage)
-    out = cli("refit", "--study", "smoke", "--folds", folds, "--storage", storage,
-              "--artifacts", str(tmp_path / "art"))
+    out = hpo_cli("refit", "--study", "smoke", "--folds", folds, "--storage", storage,
+                  "--artifacts", str(tmp_path / "art"))
     _one_line(out, *fragments)
     assert _names(storage) == names
 
 
 @pytest.mark.slow
 def test_an_ensemble_whose_trials_are_gone_is_one_line(searched, tmp_path):
-    promote = cli("promote", "--study", "smoke", "--name", "plain", *searched["args"])
+    promote = hpo_cli("promote", "--study", "smoke", "--name", "plain", *searched["args"])
     assert promote.returncode == 0, promote.stderr
     path = searched["root"] / "artifacts" / "ensembles" / "plain.json"
     manifest = json.loads(path.read_text())
-    manifest["members"][0]["trial"] = 99  # as if that trial had been deleted
+    manifest["members"][0]["trial"] = 99  # as if that trial had been deleted since
     broken = searched["root"] / "artifacts" / "ensembles" / "gone.json"
-    broken.write_text(json.dumps(manifest))
+    broken.write_text(json.dumps(seal_manifest(manifest)))  # a sound manifest, a trial gone
     names = _names(searched["storage"])
-    out = cli("refit", "--study", "smoke", "--ensemble", "gone", "--folds", "2",
-              *searched["args"])
+    out = hpo_cli("refit", "--study", "smoke", "--ensemble", "gone", "--folds", "2",
+                  *searched["args"])
     _one_line(out, "ensemble gone names trial(s) 99 that study smoke no longer has",
               "promote again, or refit with --top N")
     assert _names(searched["storage"]) == names
 
 
 def test_a_study_without_a_completed_trial_is_one_line(tmp_path):
-    from hpo.study import create_or_resume
-    from hpo.studyfiles import load_study_spec
+    from hpo.run.study import create_or_resume
+    from hpo.studyfile.files import load_study_spec
 
     storage = f"sqlite:///{tmp_path}/hpo.db"
     create_or_resume(load_study_spec("smoke"), storage=storage, train_dir=str(tmp_path))
-    out = cli("refit", "--study", "smoke", "--storage", storage,
-              "--artifacts", str(tmp_path / "art"))
+    out = hpo_cli("refit", "--study", "smoke", "--storage", storage,
+                  "--artifacts", str(tmp_path / "art"))
     _one_line(out, "study smoke has no completed trial to refit; run hpo launch --study smoke")
     assert _names(storage) == ["smoke"]
 
@@ -219,8 +218,8 @@ def test_a_study_without_a_completed_trial_is_one_line(tmp_path):
 def test_an_interrupted_refit_resumes_where_it_stopped(tiny_data, tmp_path):
     storage = f"sqlite:///{tmp_path}/hpo.db"
     args = ["--storage", storage, "--artifacts", str(tmp_path / "artifacts")]
-    launch = cli("launch", "--study", "smoke", "--data", str(tiny_data / "train"),
-                 "--n-trials", "1", *args)
+    launch = hpo_cli("launch", "--study", "smoke", "--data", str(tiny_data / "train"),
+                     "--n-trials", "1", *args)
     assert launch.returncode == 0, launch.stderr
     proc = subprocess.Popen([sys.executable, "-m", "hpo.cli", "refit", "--study", "smoke",
                              "--top", "1", "--folds", "3", *args], cwd=REPO,
@@ -237,7 +236,7 @@ def test_an_interrupted_refit_resumes_where_it_stopped(tiny_data, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode in (0, 130), err
     kept = {t.number: t.state for t in _folds(storage)}
-    resumed = cli("refit", "--study", "smoke", "--top", "1", "--folds", "3", *args)
+    resumed = hpo_cli("refit", "--study", "smoke", "--top", "1", "--folds", "3", *args)
     assert resumed.returncode == 0, resumed.stderr
     trials = _folds(storage)
     assert all(trials[n].state == s for n, s in kept.items() if s == TrialState.COMPLETE)
@@ -249,8 +248,8 @@ def test_an_interrupted_refit_resumes_where_it_stopped(tiny_data, tmp_path):
 @pytest.mark.slow
 def test_promote_before_any_configuration_has_all_folds_is_one_line(searched, tmp_path,
                                                                    tiny_data):
-    from hpo.refit import choose_configs, enqueue_folds, plan_of, refit_spec
-    from hpo.study import create_or_resume, load, record_of
+    from hpo.run.refit_plan import choose_configs, enqueue_folds, plan_of, refit_spec
+    from hpo.run.study import create_or_resume, load, record_of
 
     storage = copy_sqlite(searched["root"] / "hpo.db", tmp_path / "copy.db")
     optuna.delete_study(study_name="smoke-refit", storage=storage)
@@ -260,8 +259,8 @@ def test_promote_before_any_configuration_has_all_folds_is_one_line(searched, tm
                              train_dir=str(tiny_data / "train"))
     assert enqueue_folds(study, plan) == 2
     assert enqueue_folds(study, plan) == 0  # a rerun adds nothing
-    out = cli("promote", "--study", "smoke-refit", "--storage", storage,
-              "--artifacts", str(tmp_path / "art"))
+    out = hpo_cli("promote", "--study", "smoke-refit", "--storage", storage,
+                  "--artifacts", str(tmp_path / "art"))
     _one_line(out, "study smoke-refit has no configuration with all 2 folds COMPLETE yet")
 
 
@@ -272,7 +271,7 @@ def test_promote_before_any_configuration_has_all_folds_is_one_line(searched, tm
 ])
 def test_a_bad_refit_section_is_one_spec_error(section, message):
     from hpo.errors import SpecError
-    from hpo.studyfiles import parse_study_text
+    from hpo.studyfile.files import parse_study_text
 
     text = ("n_trials: 4\ndata: {n_folds: 2}\nspace:\n  optim.lr: {type: float, low: 0.001, "
             "high: 0.1}\n" + yaml.safe_dump({"refit": section}))
@@ -281,7 +280,7 @@ def test_a_bad_refit_section_is_one_spec_error(section, message):
 
 
 def test_a_refit_section_adds_the_fold_as_the_last_searched_key():
-    from hpo.studyfiles import parse_study_text
+    from hpo.studyfile.files import parse_study_text
 
     text = ("n_trials: 4\ndata: {n_folds: 3}\nrefit: {of: smoke, folds: 3}\nspace:\n"
             "  optim.lr: {type: float, low: 0.001, high: 0.1}\n")
@@ -301,13 +300,13 @@ def full(searched, tmp_path_factory):
     storage = copy_sqlite(searched["root"] / "hpo.db", root / "hpo.db")
     shutil.copytree(searched["root"] / "artifacts", root / "artifacts")
     args = ["--storage", storage, "--artifacts", str(root / "artifacts")]
-    out = cli("refit", "--study", "smoke", "--top", "2", "--folds", "2", "--full", *args)
+    out = hpo_cli("refit", "--study", "smoke", "--top", "2", "--folds", "2", "--full", *args)
     return {"storage": storage, "args": args, "root": root, "refit": out}
 
 
 @pytest.mark.slow
 def test_full_models_train_every_person_for_the_folds_best_epoch(full, tiny_data):
-    from hpo.refit import EPOCHS_ATTR, VALUE_ATTR
+    from hpo.store.records import EPOCHS_ATTR, VALUE_ATTR
     from trainer import load_checkpoint
 
     out = full["refit"]
@@ -329,8 +328,8 @@ def test_full_models_train_every_person_for_the_folds_best_epoch(full, tiny_data
         assert cfg["data"]["holdout"] is False and cfg["epochs"] == t.user_attrs[EPOCHS_ATTR]
         assert len(np.load(store.stored_path(t, "val_labels.npy"))) == 0
         assert t.params == group[0].params | {"data.fold": 0}
-    again = cli("refit", "--study", "smoke", "--top", "2", "--folds", "2", "--full",
-                *full["args"])
+    again = hpo_cli("refit", "--study", "smoke", "--top", "2", "--folds", "2", "--full",
+                    *full["args"])
     assert again.returncode == 0, again.stderr
     assert "full models (every person): 0 enqueued" in again.stdout
     assert len(_folds(full["storage"])) == len(trials)
@@ -338,9 +337,9 @@ def test_full_models_train_every_person_for_the_folds_best_epoch(full, tiny_data
 
 @pytest.mark.slow
 def test_predict_averages_fold_and_full_models_and_gc_keeps_them(full, tiny_data, tmp_path):
-    from hpo.predict import resolve_members
+    from hpo.ensemble.predict import resolve_members
 
-    promote = cli("promote", "--study", "smoke-refit", "--name", "full", *full["args"])
+    promote = hpo_cli("promote", "--study", "smoke-refit", "--name", "full", *full["args"])
     assert promote.returncode == 0, promote.stderr
     root = full["root"] / "artifacts"
     manifest = json.loads((root / "ensembles" / "full.json").read_text())
@@ -356,11 +355,11 @@ def test_predict_averages_fold_and_full_models_and_gc_keeps_them(full, tiny_data
         mine = [m for m in models if m.trial == member["trial"]]
         assert sorted(map(str, (m.fold for m in mine))) == ["0", "1", "all"]
         assert all(m.weight == pytest.approx(member["weight"] / 3) for m in mine)
-    gc = cli("gc", "--study", "smoke-refit", "--keep-top", "1", *full["args"])
+    gc = hpo_cli("gc", "--study", "smoke-refit", "--keep-top", "1", *full["args"])
     assert gc.returncode == 0, gc.stderr
     out = tmp_path / "sub.csv"
-    predict = cli("predict", "--ensemble", "full", "--data", str(tiny_data / "eval"),
-                  "--out", str(out), "--device", "cpu", "--artifacts", str(root))
+    predict = hpo_cli("predict", "--ensemble", "full", "--data", str(tiny_data / "eval"),
+                      "--out", str(out), "--device", "cpu", "--artifacts", str(root))
     assert predict.returncode == 0, predict.stderr  # gc left every model the ensemble names
     assert predict.stderr.count(" fold all") == len(manifest["members"])
     assert len(pd.read_csv(out)) == len(pd.read_csv(tiny_data / "eval" / "info.csv"))

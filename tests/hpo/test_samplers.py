@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from hpo.errors import SpecError
-from hpo.samplers import (
+from hpo.studyfile.samplers import (
     PRUNERS,
     SAMPLERS,
     check_options,
@@ -19,7 +19,7 @@ from hpo.samplers import (
     list_pruners,
     list_samplers,
 )
-from hpo.spec import PrunerSpec, SamplerSpec
+from hpo.studyfile.spec import PrunerSpec, SamplerSpec
 
 HAS_CMAES = importlib.util.find_spec("cmaes") is not None
 

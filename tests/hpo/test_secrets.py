@@ -10,8 +10,9 @@ import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from hpo.launcher import Launch, _worker_argv, run_workers
-from hpo.secrets import is_secret_parameter, mask_url
+from hpo.run.launcher import Launch, _worker_argv, run_workers
+from hpo.store.secrets import is_secret_parameter, mask_url
+from hpo.store.url import StorageURL
 from tests.conftest import cli
 
 CASES = [
@@ -165,7 +166,7 @@ def test_cli_refuses_an_unencoded_at_without_showing_the_password():
 
 @pytest.mark.postgres
 def test_cli_on_a_real_server_with_a_query_password(postgres_url):
-    from hpo.storage import open_storage
+    from hpo.store.storage import open_storage
 
     open_storage(postgres_url).engine.dispose()  # the schema, so `studies` reads a database
     url = postgres_url + ("&" if "?" in postgres_url else "?") + "password=qqsecretqq"
@@ -179,8 +180,9 @@ def _launch(tmp_path, url: str) -> Launch:
     spec_file = tmp_path / "s.yaml"
     spec_file.write_text("name: s\n")
     spec = types.SimpleNamespace(path=str(spec_file), name="s", metric="val_f1")
-    return Launch(spec=spec, url=url, train_dir=str(tmp_path / "data"), study=None, target=2,
-                  heartbeat=30, n_trials=2, timeout=60.0, artifacts=str(tmp_path / "art"))
+    return Launch(spec=spec, storage=StorageURL(url), train_dir=str(tmp_path / "data"),
+                  study=None, target=2, heartbeat=30, n_trials=2, timeout=60.0,
+                  artifacts=str(tmp_path / "art"))
 
 
 def test_workers_get_the_storage_in_their_environment_not_argv(tmp_path, monkeypatch):
@@ -202,8 +204,8 @@ def test_workers_get_the_storage_in_their_environment_not_argv(tmp_path, monkeyp
         def poll(self):
             return 0
 
-    monkeypatch.setattr("hpo.launcher.subprocess.Popen", FakeWorker)
-    monkeypatch.setattr("hpo.launcher.watch", lambda *args, **kwargs: None)
+    monkeypatch.setattr("hpo.run.launcher.subprocess.Popen", FakeWorker)
+    monkeypatch.setattr("hpo.run.launcher.watch", lambda *args, **kwargs: None)
     codes, stopped = run_workers(launch, devices=[None, None])
     assert codes == [0, 0] and not stopped and len(started) == 2
     for argv, env in started:

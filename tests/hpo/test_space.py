@@ -9,10 +9,11 @@ import pytest
 import yaml
 
 from hpo.errors import SpecError
-from hpo.samplers import create_pruner, create_sampler
-from hpo.space import REST_PARAM, build_config, enqueue_params, mix_weight_param, suggest
-from hpo.spec import StudySpec, parse_study_spec
-from hpo.studyfiles import list_studies, load_study_spec
+from hpo.studyfile.files import list_studies, load_study_spec
+from hpo.studyfile.parse import parse_study_spec
+from hpo.studyfile.samplers import create_pruner, create_sampler
+from hpo.studyfile.space import REST_PARAM, build_config, enqueue_params, mix_weight_param, suggest
+from hpo.studyfile.spec import StudySpec
 from trainer import TrainConfig
 
 REPO_STUDIES = Path(__file__).resolve().parents[2] / "studies"

@@ -11,9 +11,10 @@ import pytest
 import yaml
 
 from hpo.errors import SpecError
-from hpo.samplers import create_pruner, create_sampler
-from hpo.spec import SPLIT_KEYS, PrunerSpec, SamplerSpec, StudySpec, parse_study_spec
-from hpo.studyfiles import list_studies, load_study_spec
+from hpo.studyfile.files import list_studies, load_study_spec
+from hpo.studyfile.parse import parse_study_spec
+from hpo.studyfile.samplers import create_pruner, create_sampler
+from hpo.studyfile.spec import SPLIT_KEYS, PrunerSpec, SamplerSpec, StudySpec
 
 REPO_STUDIES = Path(__file__).resolve().parents[2] / "studies"
 

@@ -17,10 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hpo.errors import SpecError
-from hpo.samplers import create_pruner, create_sampler
-from hpo.space import build_config, enqueue_params, suggest
-from hpo.spec import StudySpec, parse_study_spec
-from hpo.studyfiles import load_study_spec
+from hpo.studyfile.files import load_study_spec
+from hpo.studyfile.parse import parse_study_spec
+from hpo.studyfile.samplers import create_pruner, create_sampler
+from hpo.studyfile.space import build_config, enqueue_params, suggest
+from hpo.studyfile.spec import StudySpec
 
 REPO_STUDIES = Path(__file__).resolve().parents[2] / "studies"
 FUZZ = settings(max_examples=300, deadline=None,

@@ -5,14 +5,33 @@ import sqlite3
 import pytest
 
 from hpo.errors import StorageError
-from hpo.storage import mask_url, open_storage, resolve_storage_url
+from hpo.store.storage import mask_url, open_storage
+from hpo.store.url import StorageURL, as_storage, resolve_storage
 
 
 def test_default_and_environment(monkeypatch):
-    assert resolve_storage_url(None) == "sqlite:///hpo.db"
+    monkeypatch.delenv("HPO_STORAGE", raising=False)
+    assert resolve_storage(None) == StorageURL("sqlite:///hpo.db", explicit=False)
     monkeypatch.setenv("HPO_STORAGE", "postgresql://u:p@db:5432/hpo")
-    assert resolve_storage_url(None) == "postgresql+psycopg://u:p@db:5432/hpo"
-    assert resolve_storage_url("sqlite:///x.db") == "sqlite:///x.db"
+    env = resolve_storage(None)
+    assert env.url == "postgresql+psycopg://u:p@db:5432/hpo" and not env.explicit
+    flag = resolve_storage("sqlite:///x.db")
+    assert flag.url == "sqlite:///x.db" and flag.explicit
+    assert resolve_storage(None, environ={}).url == "sqlite:///hpo.db"
+
+
+def test_a_handle_never_shows_its_password():
+    handle = StorageURL("postgresql://hpo:s3cret@db:5432/x")
+    assert "s3cret" not in str(handle) and "s3cret" not in repr(handle)
+    assert "s3cret" not in f"{handle} {[handle]} {handle!r}"
+    assert handle.masked == "postgresql+psycopg://hpo:***@db:5432/x"
+
+
+def test_below_the_edge_nothing_reads_the_environment(monkeypatch):
+    monkeypatch.setenv("HPO_STORAGE", "sqlite:///from-env.db")
+    assert as_storage("sqlite:///given.db").url == "sqlite:///given.db"
+    with pytest.raises(TypeError, match="resolve_storage"):
+        as_storage(None)
 
 
 @pytest.mark.parametrize(("url", "shown"), [
@@ -90,3 +109,18 @@ def test_refused_login_is_masked(postgres_url):
 def test_not_a_url():
     with pytest.raises(StorageError, match="is not a database URL"):
         open_storage("hpo.db")
+
+
+@pytest.mark.postgres
+def test_a_study_shows_its_storage_with_the_password_masked(postgres_url):
+    import optuna
+
+    from hpo.store.storage import storage_shown
+
+    url = postgres_url.replace("postgres@", "postgres:qqhunter2qq@", 1)  # trust ignores it
+    study = optuna.create_study(storage=open_storage(url, heartbeat_interval=None))
+    try:
+        shown = storage_shown(study)
+        assert "qqhunter2qq" not in shown and ":***@" in shown, shown
+    finally:
+        optuna.delete_study(study_name=study.study_name, storage=open_storage(url))

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from hpo.errors import SpecError
-from hpo.studyfiles import (
+from hpo.studyfile.files import (
     check_study_name,
     find_study_file,
     list_studies,
@@ -227,11 +227,11 @@ def test_unsafe_file_stem_suggests_a_rename(tmp_path):
 
 
 def test_cli_refuses_an_unsafe_study_name_before_writing(tmp_path):
-    from tests.conftest import cli
+    from tests.conftest import hpo_cli
 
     path = write(tmp_path, BASE, ".")
-    out = cli("launch", "--study", str(path), "--storage", f"sqlite:///{tmp_path}/hpo.db",
-              "--artifacts", str(tmp_path / "artifacts"), "--data", str(tmp_path / "data"))
+    out = hpo_cli("launch", "--study", str(path), "--storage", f"sqlite:///{tmp_path}/hpo.db",
+                  "--artifacts", str(tmp_path / "artifacts"), "--data", str(tmp_path / "data"))
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.strip().splitlines() == [f"Error: {_dot_message(path)}"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["..yaml"]

@@ -1,14 +1,16 @@
 """Several workers on one study, and pruning, with real trials and real databases."""
 from __future__ import annotations
 
+import os
+
 import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
 
-from hpo.budget import Budget
-from hpo.studyfiles import load_study_spec
-from hpo.worker import run_worker
+from hpo.run.budget import Budget
+from hpo.run.worker import run_worker
+from hpo.studyfile.files import load_study_spec
 from tests.conftest import cli
 
 
@@ -37,9 +39,11 @@ def test_two_workers_share_one_sqlite_file(tiny_data, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_three_workers_on_postgresql(tiny_data, tmp_path, postgres_url):
+def test_workers_on_postgresql(tiny_data, tmp_path, postgres_url):
+    # As many workers as cores (more are refused: each gets a share of its own, hpo.run.cpu).
+    workers = str(max(2, len(os.sched_getaffinity(0))))
     out = cli("launch", "--study", "smoke", "--data", str(tiny_data / "train"), "--n-trials",
-              "6", "--workers", "3", "--storage", postgres_url, "--artifacts",
+              "6", "--workers", workers, "--storage", postgres_url, "--artifacts",
               str(tmp_path / "a"))
     assert "hpo:" not in out.stdout or "***" in out.stdout  # no password in the banner
     _check_finished(postgres_url, "smoke", 6, out)
@@ -77,7 +81,7 @@ def test_pruning_really_prunes(tiny_data, tmp_path):
 
 
 def test_parallel_workers_sample_with_different_seeds(tmp_path, monkeypatch):
-    from hpo.study import create_or_resume, worker_seed_offset
+    from hpo.run.study import create_or_resume, worker_seed_offset
 
     spec = load_study_spec("smoke")
     monkeypatch.setenv("HPO_WORKER_INDEX", "0")

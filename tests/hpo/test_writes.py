@@ -1,6 +1,6 @@
 """Storage writes per trial: the objective's attributes go in a few transactions, not 40.
 
-A real trial path (the real :class:`hpo.objective.Objective`, the storage benchmark's trainer
+A real trial path (the real :class:`hpo.run.objective.Objective`, the storage benchmark's trainer
 stand-in, a real SQLite file or PostgreSQL) with SQLAlchemy's ``commit`` event counting the
 transactions. The readers' attributes (``hpo status``, ``hpo promote``, the dashboard's
 artifact list) must be the same as with Optuna's one-write-per-attribute path.
@@ -23,11 +23,11 @@ from sqlalchemy import event
 
 from bench.storage_probe import written_table
 from bench.storage_standin import StandInFit, bench_spec
-from hpo.artifacts import TRIAL_FILES, ArtifactPaths
-from hpo.manifest import file_sha256
-from hpo.objective import Objective
-from hpo.storage import open_storage, storage_of
-from hpo.trial_record import artifact_ids, recorded_value, trial_epochs_run, trial_metrics
+from hpo.run.objective import Objective
+from hpo.store.artifacts import TRIAL_FILES, ArtifactPaths, file_sha256
+from hpo.store.optuna_private import trial_id
+from hpo.store.records import artifact_ids, recorded_value, trial_epochs_run, trial_metrics
+from hpo.store.storage import open_storage, storage_of
 
 EPOCHS = 3
 START_KEYS = {"host", "worker", "seed", "device"}
@@ -194,7 +194,7 @@ def test_failed_trial_one_write_and_its_retry_records_where_it_resumed(url, tmp_
     study.optimize(_objective(study, tmp_path, batched=True), n_trials=1)
     retry = study.trials[1]
     assert retry.state == TrialState.COMPLETE
-    # A failure of its own keeps no checkpoint (DESIGN.md "Disk"): the retry starts over.
+    # A failure of its own keeps no checkpoint (docs/architecture.md): the retry starts over.
     # tests/hpo/test_disk.py and test_faults.py check that an interrupted or killed trial's
     # retry resumes and records where.
     assert "resumed_from" not in retry.user_attrs
@@ -231,18 +231,18 @@ def _new_trial(tmp_path):
 def test_set_trial_attrs_upserts_in_one_commit(tmp_path):
     study, storage, trial = _new_trial(tmp_path)
     counter = _Commits(storage.engine)
-    storage.set_trial_attrs(trial._trial_id, user={"a": 1, "b": {"c": [1, 2]}},
+    storage.set_trial_attrs(trial_id(trial), user={"a": 1, "b": {"c": [1, 2]}},
                             system={"artifacts:x": '{"artifact_id": "x"}'})
-    storage.set_trial_attrs(trial._trial_id, user={"a": 2})  # an upsert: repeating is safe
-    storage.set_trial_attrs(trial._trial_id)  # nothing to write: no transaction
+    storage.set_trial_attrs(trial_id(trial), user={"a": 2})  # an upsert: repeating is safe
+    storage.set_trial_attrs(trial_id(trial))  # nothing to write: no transaction
     assert counter.commits == 2 and len(counter.writes) == 2
-    frozen = storage.get_trial(trial._trial_id)
+    frozen = storage.get_trial(trial_id(trial))
     assert frozen.user_attrs == {"a": 2, "b": {"c": [1, 2]}}
     assert frozen.system_attrs["artifacts:x"] == '{"artifact_id": "x"}'
 
     study.tell(trial, 1.0)
     with pytest.raises(UpdateFinishedTrialError):
-        storage.set_trial_attrs(trial._trial_id, user={"a": 3})
+        storage.set_trial_attrs(trial_id(trial), user={"a": 3})
     with pytest.raises(KeyError):
         storage.set_trial_attrs(10_000, user={"a": 3})
 
@@ -265,9 +265,9 @@ def test_set_trial_attrs_rides_out_a_lost_connection(tmp_path, caplog, monkeypat
     _, storage, trial = _new_trial(tmp_path)
     left = _fail_next_statements(storage.engine, 2)
     with caplog.at_level(logging.WARNING, logger="hpo"):
-        storage.set_trial_attrs(trial._trial_id, user={"progress": {"epoch": 1}})
+        storage.set_trial_attrs(trial_id(trial), user={"progress": {"epoch": 1}})
     assert left == [0]
-    assert storage.get_trial(trial._trial_id).user_attrs == {"progress": {"epoch": 1}}
+    assert storage.get_trial(trial_id(trial)).user_attrs == {"progress": {"epoch": 1}}
     assert "database unavailable while recording 1 attributes" in caplog.text
 
 
@@ -276,10 +276,10 @@ def test_optunas_own_calls_ride_out_a_lost_connection_too(tmp_path, monkeypatch)
     monkeypatch.setattr("time.sleep", lambda s: None)
     _, storage, trial = _new_trial(tmp_path)
     left = _fail_next_statements(storage.engine, 1)
-    storage.set_trial_user_attr(trial._trial_id, "seed", 7)
+    storage.set_trial_user_attr(trial_id(trial), "seed", 7)
     assert left == [0]
-    assert storage.get_trial(trial._trial_id).user_attrs == {"seed": 7}
+    assert storage.get_trial(trial_id(trial)).user_attrs == {"seed": 7}
     _fail_next_statements(storage.engine, 100)
     with pytest.raises(optuna.exceptions.StorageInternalError) as info:
-        storage.set_trial_user_attr(trial._trial_id, "seed", 8)
+        storage.set_trial_user_attr(trial_id(trial), "seed", 8)
     assert isinstance(info.value.__cause__, sqlalchemy.exc.OperationalError)

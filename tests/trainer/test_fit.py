@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO, tiny_raw
+from tests.conftest import REPO, tiny_raw, trainer_cli
 from trainer import (
     METRIC_NAMES,
     DataError,
@@ -157,6 +157,7 @@ def test_predict_with_flip_tta(tiny_cfg, tiny_data):
 
 
 def test_cli_trains_and_prints_epochs(tiny_data, tmp_path):
+    # `python -m trainer` itself, as a real process
     raw = tiny_raw(tiny_data / "train", tmp_path / "run", tmp_path / "cache", epochs=2)
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
     out = subprocess.run([sys.executable, "-m", "trainer", str(tmp_path / "cfg.yaml"),
@@ -182,8 +183,7 @@ def test_cli_bad_input_is_one_line(tiny_data, tmp_path, edit, message):
     for section, values in edit.items():
         raw.setdefault(section, {}).update(values)
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
-    out = subprocess.run([sys.executable, "-m", "trainer", str(tmp_path / "cfg.yaml")],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = trainer_cli(str(tmp_path / "cfg.yaml"))  # in-process, as strict as a process
     assert out.returncode == 1
     assert out.stderr.startswith(message), out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1

@@ -1,0 +1,4 @@
+"""``python -m hpo.cli``: the ``hpo`` command."""
+from hpo.cli import main
+
+main(prog_name="hpo")
