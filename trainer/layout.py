@@ -88,6 +88,9 @@ def resolve_images_dir(train_dir: str | Path) -> Path:
         DataError: the folder does not exist or holds no ``images`` folder.
     """
     root = Path(train_dir).expanduser()
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data folder {root} is a file, not a folder; set data.train_dir (or "
+                        "--data) to the competition's train folder (the one holding images/)")
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist; set data.train_dir (or --data) to "
                         "the competition's train folder (the one holding images/)")

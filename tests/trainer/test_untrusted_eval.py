@@ -185,3 +185,15 @@ def test_hpo_predict_refuses_a_link_outside_images(one_trial, tiny_data, tmp_pat
         f"Error: {ev}/info.csv line 2: eval image images/{ids[0]} is a link to {secret}, "
         "outside images/; copy the file into images/ instead of linking to it"]
     assert not out_csv.exists()
+
+
+def test_a_data_folder_that_is_a_file_says_so(tmp_path):
+    from trainer import DataError, scan_train
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a dataset")
+    with pytest.raises(DataError) as err:
+        scan_train(notes)
+    assert str(err.value) == (f"data folder {notes} is a file, not a folder; set "
+                              "data.train_dir (or --data) to the competition's train folder "
+                              "(the one holding images/)")
