@@ -205,13 +205,18 @@ def _append(path: Path, line: str) -> int:
     return len(text.splitlines()) + 1
 
 
-def test_import_contracts_bite(tmp_path):
-    """A copy of the packages with forbidden imports added fails lint-imports, naming them."""
+def _copy_packages(tmp_path: Path) -> None:
+    """The packages and pyproject.toml, copied for lint-imports to check an edited copy."""
     pytest.importorskip("importlinter")
     for package in ("trainer", "hpo"):
         shutil.copytree(REPO / package, tmp_path / package,
                         ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+
+
+def test_import_contracts_bite(tmp_path):
+    """A copy of the packages with forbidden imports added fails lint-imports, naming them."""
+    _copy_packages(tmp_path)
     optuna_line = _append(tmp_path / "trainer" / "layout.py", "import optuna  # noqa")
     click_line = _append(tmp_path / "hpo" / "__init__.py", "import click  # noqa")
     engine_line = _append(tmp_path / "hpo" / "__init__.py", "import trainer.engine  # noqa")
@@ -346,12 +351,8 @@ def test_every_hpo_module_sits_in_a_layer():
 
 
 def test_the_layers_contract_bites(tmp_path):
-    """An upward import (the store reaching for the CLI) breaks pyproject's layers contract."""
-    pytest.importorskip("importlinter")
-    for package in ("trainer", "hpo"):
-        shutil.copytree(REPO / package, tmp_path / package,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    """An upward import (the store reaching for the run layer) breaks the layers contract."""
+    _copy_packages(tmp_path)
     line = _append(tmp_path / "hpo" / "store" / "records.py", "import hpo.run.study  # noqa")
     out = _lint_imports_in(tmp_path)
     report = out.stdout + out.stderr
