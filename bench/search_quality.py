@@ -54,6 +54,8 @@ import yaml
 from optuna.trial import TrialState
 from sklearn.metrics import f1_score
 
+from hpo.store.manifest import seal_manifest
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 UTKMASK = SHARED / "data" / "utkmask"
@@ -289,7 +291,8 @@ def folds_only(folder: Path, source: str, name: str) -> None:
     for member in manifest["members"]:
         member.pop("full", None)
     manifest["name"] = name
-    (folder / f"{name}.json").write_text(json.dumps(manifest, indent=1))
+    # A new ensemble derived from a promoted one: sealed again, as hpo promote seals its own.
+    (folder / f"{name}.json").write_text(json.dumps(seal_manifest(manifest), indent=1))
 
 
 def full_only(folder: Path, source: str, name: str) -> None:
@@ -301,7 +304,8 @@ def full_only(folder: Path, source: str, name: str) -> None:
         member.pop("folds")
         member.update({k: full[k] for k in ("checkpoint", "artifact", "sha256")})
     manifest["name"] = name
-    (folder / f"{name}.json").write_text(json.dumps(manifest, indent=1))
+    # A new ensemble derived from a promoted one: sealed again, as hpo promote seals its own.
+    (folder / f"{name}.json").write_text(json.dumps(seal_manifest(manifest), indent=1))
 
 
 def report(preset: str, scores: dict, costs: dict, best, search, original: dict,
