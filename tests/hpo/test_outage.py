@@ -23,7 +23,9 @@ from tests.conftest import REPO, fresh_postgres_database
 from tests.hpo.test_faults import SLOW_STUDY, _study_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
-EPOCHS = 8  # the last trial trains alone for several epochs: room for a restart
+# The last trial trains alone for several epochs: room for a restart. (With a thread each,
+# two workers on 2 cores train 8 epochs in about 10 s: too short a window to hit.)
+EPOCHS = 16
 
 
 @pytest.fixture()
@@ -158,7 +160,8 @@ def test_database_outage_longer_than_the_grace(tmp_path, tiny_data, outage_db, f
 def test_a_frozen_worker_loses_its_trial_quietly(tmp_path, tiny_data, postgres_url):
     """A worker frozen past the grace (SIGSTOP: a stalled machine) has its trial failed and
     retried by the other; woken, it finds the trial gone, drops it and goes on."""
-    study = _study_file(tmp_path, n_trials=2, fixed={**SLOW_STUDY["fixed"], "epochs": 4})
+    # 8 epochs: the two trials overlap even when one worker starts seconds after the other.
+    study = _study_file(tmp_path, n_trials=2, fixed={**SLOW_STUDY["fixed"], "epochs": 8})
     with fresh_postgres_database(postgres_url, prefix="hpo_frozen") as storage:
         launch = _launch(study, storage, tmp_path, tiny_data)
         trials = _wait(storage, launch, _both_running, "both workers to train")
@@ -172,7 +175,7 @@ def test_a_frozen_worker_loses_its_trial_quietly(tmp_path, tiny_data, postgres_u
                 and t.state != TrialState.WAITING for t in ts), "the retry to start")
         finally:
             os.kill(pid, signal.SIGCONT)
-        err = _check_study(storage, launch, n_trials=2, epochs=4, fails=1)
+        err = _check_study(storage, launch, n_trials=2, epochs=8, fails=1)
         failed = _trials(storage)[victim.number]
         assert "was silent (no heartbeat) for more than 2 s" in failed.user_attrs["fail_reason"]
         assert f"trial {victim.number} was failed by another worker" in err

@@ -30,7 +30,7 @@ from hpo.store.records import artifact_ids, recorded_value, trial_epochs_run, tr
 from hpo.store.storage import open_storage, storage_of
 
 EPOCHS = 3
-START_KEYS = {"host", "worker", "seed", "device"}
+START_KEYS = {"host", "worker", "seed", "device", "cpu_threads"}
 RESULT_KEYS = {"f1", "accuracy", "mask_f1", "gender_f1", "age_f1", "best_epoch", "seconds",
                "images_per_second", "device", "val_hash", "progress"}
 # The large or nested records: trial system attributes, out of the dashboard's trial table.
