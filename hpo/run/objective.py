@@ -297,17 +297,13 @@ class Objective:
             self._write(trial, closing, {EPOCHS_KEY: epochs_run})
             self._drop_checkpoints(trial)
             raise
-        except OSError as exc:
-            if not _disk_fault(exc, self.artifacts.root):
-                self._failed(trial, exc, closing, epochs_run)
-                self._drop_checkpoints(trial)
-                raise
-            # The folder, not the trial, failed: the checkpoints stay for hpo retry, and the
-            # worker's check before its next trial stops it instead of burning the budget.
-            fault = _training_store_error(trial, self.artifacts.root, exc)
-            self._failed(trial, fault, closing, epochs_run)
-            raise fault from None
         except Exception as exc:  # recorded, then optuna marks the trial FAIL; worker goes on
+            if isinstance(exc, OSError) and _disk_fault(exc, self.artifacts.root):
+                # The folder, not the trial, failed: the checkpoints stay for hpo retry, and
+                # the worker's check before its next trial stops it instead of burning budget.
+                fault = _training_store_error(trial, self.artifacts.root, exc)
+                self._failed(trial, fault, closing, epochs_run)
+                raise fault from None
             self._failed(trial, exc, closing, epochs_run)
             self._drop_checkpoints(trial)
             raise
